@@ -1,0 +1,1 @@
+"""MaxToki-style temporal single-cell foundation model."""

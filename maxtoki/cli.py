@@ -1,0 +1,206 @@
+"""The ``maxtoki`` command. Thin: parses arguments and calls library functions.
+
+Imports are lazy so that data commands start fast and never load torch or Composer.
+Every data command also takes ``--config FILE.yaml`` whose keys are option names; options given
+on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from maxtoki.errors import MaxtokiError
+
+
+def _add_reading_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading inputs")
+    group.add_argument("--gene-id-column", metavar="COL",
+                       help="var column holding gene IDs (default: the var index; 10x files: 'id' or 'name')")
+    group.add_argument("--gene-mapping", metavar="CSV",
+                       help="symbol -> Ensembl ID table (two columns, e.g. GENCODE gene_id,gene_name)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--layer", metavar="NAME", help="read counts from adata.layers[NAME] instead of X")
+    source.add_argument("--use-raw", action="store_true", help="read counts from adata.raw")
+    group.add_argument("--allow-non-integer", action="store_true",
+                       help="accept non-integer values (FPKM/TPM); by default they are rejected as normalized")
+    group.add_argument("--chunk-size", type=int, default=2048, metavar="N", help="cells read at a time (memory)")
+    group.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maxtoki", description="Temporal single-cell foundation model toolkit.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data = commands.add_parser("data", help="prepare training data")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+
+    medians = data_commands.add_parser("medians", help="corpus-wide gene medians -> JSON")
+    medians.add_argument("inputs", nargs="*", metavar="FILES", help=".h5ad / 10x .h5 files or directories")
+    medians.add_argument("--out", required=True, help="output JSON (Ensembl ID -> median)")
+    _add_reading_options(medians)
+    medians.add_argument("--config", metavar="YAML", help="options from a YAML file")
+    medians.set_defaults(handler=_run_medians)
+
+    vocab = data_commands.add_parser("vocab", help="token dictionary from gene medians")
+    vocab.add_argument("--medians", required=True, help="gene medians JSON")
+    vocab.add_argument("--out", required=True, help="output vocabulary JSON")
+    vocab.add_argument("--max-time", type=int, default=1500, metavar="T",
+                       help="numeric time tokens -T..T-1 (default 1500, as released)")
+    vocab.add_argument("--config", metavar="YAML", help="options from a YAML file")
+    vocab.set_defaults(handler=_run_vocab)
+
+    tokenize = data_commands.add_parser("tokenize", help="rank-value-encode cells -> MDS shards")
+    tokenize.add_argument("inputs", nargs="*", metavar="FILES", help=".h5ad / 10x .h5 files or directories")
+    tokenize.add_argument("--vocab", required=True, help="vocabulary JSON or Geneformer pickle")
+    tokenize.add_argument("--medians", required=True, help="gene medians JSON")
+    tokenize.add_argument("--out", required=True, help="output directory or s3:// URI")
+    _add_reading_options(tokenize)
+    tokenize.add_argument("--time-column", metavar="COL", help="numeric obs column stored as `time`")
+    tokenize.add_argument("--group-columns", nargs="+", default=[], metavar="COL",
+                          help="obs columns joined with '|' and stored as `group` (e.g. donor)")
+    tokenize.add_argument("--keep-obs", nargs="+", default=[], metavar="COL", help="obs columns to keep (as text)")
+    tokenize.add_argument("--model-input-size", type=int, default=4096, metavar="N",
+                          help="tokens per cell including <bos>/<eos> (default 4096)")
+    tokenize.add_argument("--compression", choices=["zstd", "zstd:7", "gz", "snappy"],
+                          help="shard compression (default none)")
+    tokenize.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    tokenize.add_argument("--config", metavar="YAML", help="options from a YAML file")
+    tokenize.set_defaults(handler=_run_tokenize)
+
+    inspect = data_commands.add_parser("inspect", help="summarise a directory of cell shards")
+    inspect.add_argument("path", help="shard directory (with manifest.json)")
+    inspect.add_argument("--vocab", help="vocabulary to decode tokens (default: the one in the manifest)")
+    inspect.add_argument("--cells", type=int, default=3, help="example cells to show")
+    inspect.set_defaults(handler=_run_inspect)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("maxtoki")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse twice: defaults from ``--config`` first, then the command line on top."""
+    args = parser.parse_args(argv)
+    config_path = getattr(args, "config", None)
+    if not config_path:
+        return args
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(config_path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise MaxtokiError(f"{config_path}: cannot read the config ({exc})") from None
+    if not isinstance(config, dict):
+        raise MaxtokiError(f"{config_path}: a config must be a mapping of option names to values")
+    subparser = _leaf_parser(parser, args)
+    known = {action.dest for action in subparser._actions}
+    defaults = {}
+    for key, value in config.items():
+        dest = str(key).replace("-", "_")
+        if dest not in known or dest in ("config", "handler"):
+            raise MaxtokiError(f"{config_path}: unknown option {key!r} for this command")
+        defaults[dest] = value
+    subparser.set_defaults(**defaults)
+    for action in subparser._actions:  # required options may come from the file
+        if action.dest in defaults:
+            action.required = False
+    args = parser.parse_args(argv)
+    if getattr(args, "inputs", None) == [] and "inputs" in defaults:
+        args.inputs = defaults["inputs"] if isinstance(defaults["inputs"], list) else [defaults["inputs"]]
+    return args
+
+
+def _leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    current = parser
+    for dest in ("command", "data_command"):
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction) and getattr(args, dest, None) in action.choices:
+                current = action.choices[getattr(args, dest)]
+    return current
+
+
+def _read_options(args):
+    from maxtoki.data.sources import ReadOptions
+
+    return ReadOptions(args.gene_id_column, args.layer, args.use_raw)
+
+
+def _require_inputs(args) -> None:
+    if not args.inputs:
+        raise MaxtokiError("give at least one input file or directory")
+    if args.workers < 1:
+        raise MaxtokiError("--workers must be at least 1")
+
+
+def _run_medians(args) -> None:
+    from maxtoki.data.medians import compute_medians, write_medians
+
+    _require_inputs(args)
+    medians, summary = compute_medians(args.inputs, read=_read_options(args), gene_mapping_path=args.gene_mapping,
+                                       allow_non_integer=args.allow_non_integer, workers=args.workers,
+                                       chunk_size=args.chunk_size)
+    if not medians:
+        raise MaxtokiError("no cell had any expressed gene; nothing to compute medians from")
+    write_medians(medians, args.out)
+    print(f"medians of {summary['genes']:,} genes from {summary['cells_used']:,} of {summary['cells_read']:,} "
+          f"cells in {len(summary['files'])} file(s) -> {args.out}")
+
+
+def _run_vocab(args) -> None:
+    from maxtoki.data.tokenize import load_medians
+    from maxtoki.vocab import Vocabulary
+
+    vocab = Vocabulary.build(load_medians(args.medians).keys(), max_time=args.max_time)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    vocab.save(args.out)
+    lo, hi = vocab.time_range
+    print(f"vocabulary of {len(vocab):,} tokens ({int(vocab.is_gene.sum()):,} genes, time tokens {lo}..{hi}) "
+          f"-> {args.out}")
+
+
+def _run_tokenize(args) -> None:
+    from maxtoki.data.tokenize import TokenizeOptions, tokenize_files
+
+    _require_inputs(args)
+    options = TokenizeOptions(_read_options(args), args.time_column, tuple(args.group_columns),
+                              tuple(args.keep_obs), args.model_input_size, args.allow_non_integer, args.chunk_size)
+    manifest = tokenize_files(args.inputs, args.vocab, args.medians, args.out, options=options,
+                              gene_mapping_path=args.gene_mapping, workers=args.workers, overwrite=args.overwrite,
+                              compression=args.compression)
+    cells = manifest["cells"]
+    dropped = ", ".join(f"{n:,} {reason}" for reason, n in cells["dropped"].items()) or "none"
+    print(f"wrote {cells['written']:,} of {cells['read']:,} cells ({manifest['tokens']:,} tokens) to {args.out}; "
+          f"dropped: {dropped}")
+
+
+def _run_inspect(args) -> None:
+    from maxtoki.data.inspect import describe_shards
+
+    print(describe_shards(args.path, vocab_path=args.vocab, n_examples=args.cells))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _apply_config(parser, argv)
+        args.handler(args)
+    except MaxtokiError as exc:
+        print(f"maxtoki: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("maxtoki: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Corpus-wide gene medians: the median of each gene's non-zero normalized expression.
+
+Normalized expression is count / n_counts * 10,000. Files are read in chunks, parts run in worker
+processes, and each part returns a ``MedianSketch`` that merges exactly, so memory is bounded by
+the chunk size and the number of genes, never by the number of cells.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maxtoki.data.chunks import ChunkReader, chunk_ranges, plan_parts
+from maxtoki.data.encoding import TARGET_SUM
+from maxtoki.data.genes import GeneMapping, project_genes
+from maxtoki.data.parallel import run_parts
+from maxtoki.data.sketch import MedianSketch
+from maxtoki.data.sources import CellSource, ReadOptions, expand_inputs, open_source
+
+PART_CELLS = 65_536
+
+
+@dataclass(frozen=True)
+class _MedianTask:
+    path: str
+    start: int
+    end: int
+    read: ReadOptions
+    mapping: GeneMapping | None
+    allow_non_integer: bool
+    chunk_size: int
+
+
+def add_chunks_to_sketch(sketch: MedianSketch, source: CellSource, mapping: GeneMapping | None, start: int,
+                         end: int, allow_non_integer: bool, chunk_size: int, report=lambda n: None) -> int:
+    """Add cells ``start:end`` of a source to the sketch; returns how many cells counted."""
+    projection = project_genes(source.gene_ids(), mapping)
+    reader = ChunkReader(source, projection, allow_non_integer)
+    used = 0
+    for lo, hi in chunk_ranges(start, end, chunk_size):
+        chunk = reader.read(lo, hi)
+        good = chunk.passes_filter & (chunk.n_counts > 0)
+        matrix = chunk.matrix if good.all() else chunk.matrix[np.flatnonzero(good)]
+        n_counts = chunk.n_counts[good]
+        rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+        values = matrix.data.astype(np.float64) / n_counts[rows] * TARGET_SUM
+        sketch.add(projection.output_genes, matrix.indices, values)
+        used += int(good.sum())
+        report(hi - lo)
+    return used
+
+
+def _median_part(task: _MedianTask, report) -> tuple[MedianSketch, int]:
+    sketch = MedianSketch()
+    with open_source(task.path, task.read) as source:
+        used = add_chunks_to_sketch(sketch, source, task.mapping, task.start, task.end, task.allow_non_integer,
+                                    task.chunk_size, report)
+    sketch.state()
+    return sketch, used
+
+
+def compute_medians(inputs, *, read: ReadOptions = ReadOptions(), gene_mapping_path: str | Path | None = None,
+                    allow_non_integer: bool = False, workers: int = 1, chunk_size: int = 2048,
+                    ) -> tuple[dict[str, float], dict]:
+    """Medians of every gene expressed in the inputs, and a summary of what was counted."""
+    files = expand_inputs(inputs)
+    mapping = GeneMapping.from_csv(gene_mapping_path) if gene_mapping_path else None
+    cell_counts = []
+    for path in files:  # check every input before the long part starts
+        with open_source(path, read) as source:
+            project_genes(source.gene_ids(), mapping)
+            cell_counts.append(source.n_cells)
+    tasks = [_MedianTask(str(files[f]), lo, hi, read, mapping, allow_non_integer, chunk_size)
+             for f, lo, hi in plan_parts(cell_counts, PART_CELLS)]
+    total, used = MedianSketch(), 0
+    for sketch, cells in run_parts(_median_part, tasks, workers, sum(cell_counts), "medians"):
+        total.merge(sketch)
+        used += cells
+    medians = dict(sorted(total.medians().items()))
+    summary = {"files": [str(f) for f in files], "cells_read": sum(cell_counts), "cells_used": used,
+               "genes": len(medians)}
+    return medians, summary
+
+
+def write_medians(medians: dict[str, float], out: str | Path) -> None:
+    """Write atomically: a crash never leaves a truncated medians file behind."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(medians, indent=0) + "\n")
+    tmp.replace(out)

@@ -1,0 +1,103 @@
+"""Object storage helpers for ``s3://`` locations.
+
+The endpoint comes from ``S3_ENDPOINT_URL`` (what streaming and Composer read) or
+``AWS_ENDPOINT_URL_S3`` (what botocore reads); credentials from the standard AWS variables.
+Timeouts are short so an unreachable server is reported within seconds instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from maxtoki.errors import MaxtokiError
+
+
+def is_remote(uri: str) -> bool:
+    return urlparse(str(uri)).scheme not in ("", "file")
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise MaxtokiError(f"{uri}: only s3://bucket/prefix remote locations are supported")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None
+
+
+def s3_client():
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url(), config=config)
+
+
+def _describe(uri: str, exc: Exception) -> MaxtokiError:
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    where = endpoint_url() or "the default AWS endpoint"
+    if isinstance(exc, EndpointConnectionError):
+        return MaxtokiError(f"{uri}: cannot reach the S3 server at {where}; check S3_ENDPOINT_URL / "
+                            "AWS_ENDPOINT_URL_S3 and that the server is running")
+    if isinstance(exc, NoCredentialsError):
+        return MaxtokiError(f"{uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket", "404"):
+            return MaxtokiError(f"{uri}: the bucket does not exist at {where}; create it first")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return MaxtokiError(f"{uri}: access denied ({code}); check the AWS credentials")
+    return MaxtokiError(f"{uri}: S3 request failed ({exc})")
+
+
+def list_keys(uri: str) -> list[str]:
+    """All object keys under an ``s3://bucket/prefix/`` (as full keys)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_s3_uri(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    try:
+        paginator = s3_client().get_paginator("list_objects_v2")
+        return [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+                for obj in page.get("Contents", [])]
+    except (BotoCoreError, ClientError) as exc:
+        raise _describe(uri, exc) from None
+
+
+def delete_prefix(uri: str) -> int:
+    """Delete every object under the prefix; returns how many."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _ = split_s3_uri(uri)
+    keys = list_keys(uri)
+    client = s3_client()
+    try:
+        for i in range(0, len(keys), 1000):
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+    except (BotoCoreError, ClientError) as exc:
+        raise _describe(uri, exc) from None
+    return len(keys)
+
+
+def upload_bytes(uri: str, payload: bytes) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=payload)
+    except (BotoCoreError, ClientError) as exc:
+        raise _describe(uri, exc) from None
+
+
+def download_bytes(uri: str) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    try:
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except (BotoCoreError, ClientError) as exc:
+        raise _describe(uri, exc) from None
