@@ -87,11 +87,10 @@ def _version() -> str:
 
 
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse twice: defaults from ``--config`` first, then the command line on top."""
-    args = parser.parse_args(argv)
-    config_path = getattr(args, "config", None)
-    if not config_path:
-        return args
+    """Options from ``--config FILE.yaml`` become defaults; the command line wins over them."""
+    config_path = _option_value(argv, "--config")
+    if config_path is None:
+        return parser.parse_args(argv)
     import yaml
 
     try:
@@ -100,30 +99,42 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
         raise MaxtokiError(f"{config_path}: cannot read the config ({exc})") from None
     if not isinstance(config, dict):
         raise MaxtokiError(f"{config_path}: a config must be a mapping of option names to values")
-    subparser = _leaf_parser(parser, args)
-    known = {action.dest for action in subparser._actions}
+    command = _command_parser(parser, argv)
+    known = {action.dest for action in command._actions}
     defaults = {}
     for key, value in config.items():
         dest = str(key).replace("-", "_")
-        if dest not in known or dest in ("config", "handler"):
+        if dest not in known or dest in ("config", "help"):
             raise MaxtokiError(f"{config_path}: unknown option {key!r} for this command")
         defaults[dest] = value
-    subparser.set_defaults(**defaults)
-    for action in subparser._actions:  # required options may come from the file
+    command.set_defaults(**defaults)
+    for action in command._actions:  # required options may come from the file
         if action.dest in defaults:
             action.required = False
     args = parser.parse_args(argv)
     if getattr(args, "inputs", None) == [] and "inputs" in defaults:
-        args.inputs = defaults["inputs"] if isinstance(defaults["inputs"], list) else [defaults["inputs"]]
+        value = defaults["inputs"]
+        args.inputs = [str(v) for v in value] if isinstance(value, list) else [str(value)]
     return args
 
 
-def _leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+def _option_value(argv: list[str], option: str) -> str | None:
+    for i, token in enumerate(argv):
+        if token == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith(option + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)parser that the leading command words of ``argv`` select."""
     current = parser
-    for dest in ("command", "data_command"):
-        for action in current._actions:
-            if isinstance(action, argparse._SubParsersAction) and getattr(args, dest, None) in action.choices:
-                current = action.choices[getattr(args, dest)]
+    for token in argv:
+        subparsers = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers or token not in subparsers[0].choices:
+            break
+        current = subparsers[0].choices[token]
     return current
 
 

@@ -78,13 +78,13 @@ class ChunkReader:
         for mask, problem, advice in checks:
             bad = np.flatnonzero(mask)
             if len(bad):
-                raise InputFileError(self.source.path, f"the expression matrix {problem}, e.g. {data[bad[0]]!r} "
+                raise InputFileError(self.source.path, f"the expression matrix {problem}, e.g. {float(data[bad[0]]):g} "
                                                        f"{self._where(raw, start, bad[0])}. {advice}")
 
     def _where(self, raw: sp.csr_matrix, start: int, entry: int) -> str:
         row = int(np.searchsorted(raw.indptr, entry, side="right") - 1)
         if self._gene_ids is None:
             self._gene_ids = self.source.gene_ids()
-        gene = self._gene_ids[raw.indices[entry]]
-        cell = self.source.cell_ids(start + row, start + row + 1)[0]
+        gene = str(self._gene_ids[raw.indices[entry]])
+        cell = str(self.source.cell_ids(start + row, start + row + 1)[0])
         return f"in cell {cell!r} (row {start + row}), gene {gene!r}"

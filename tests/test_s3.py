@@ -1,0 +1,68 @@
+"""Shards written to s3:// on a real S3-compatible server process (moto) on 127.0.0.1."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+from test_tokenize_shards import read_shards
+
+from maxtoki import storage
+from maxtoki.cli import main
+
+pytestmark = pytest.mark.s3
+
+
+def test_tokenize_to_s3_round_trip(capsys, tmp_path, s3_server, hsmm_path, hsmm_reference):
+    vocab, medians = hsmm_reference
+    uri = "s3://maxtoki-test/runs/hsmm-cells"
+    args = ["data", "tokenize", str(hsmm_path), "--vocab", str(vocab), "--medians", str(medians),
+            "--allow-non-integer", "--time-column", "hours"]
+    assert main(args + ["--out", uri]) == 0
+    assert main(args + ["--out", str(tmp_path / "local")]) == 0
+    keys = storage.list_keys(uri)
+    assert sorted(k.rsplit("/", 2)[-2] + "/" + k.rsplit("/", 1)[-1] if "part-" in k else k.rsplit("/", 1)[-1]
+                  for k in keys) == ["index.json", "manifest.json", "part-00000/index.json",
+                                     "part-00000/shard.00000.mds"]
+    remote = read_shards(uri, local=tmp_path / "cache")
+    local = read_shards(tmp_path / "local")
+    assert len(remote) == len(local) == 271
+    for a, b in zip(remote, local):
+        assert a["cell_id"] == b["cell_id"] and a["time"] == b["time"]
+        assert np.array_equal(a["input_ids"], b["input_ids"])
+    manifest = json.loads(storage.download_bytes(uri + "/manifest.json"))
+    assert manifest["cells"]["written"] == 271
+    capsys.readouterr()
+    # an existing remote output is refused, and replaced with --overwrite
+    assert main(args + ["--out", uri]) == 2
+    assert "holds a finished output" in capsys.readouterr().err
+    assert main(args + ["--out", uri, "--overwrite"]) == 0
+
+
+def test_unfinished_remote_output_and_failed_runs(capsys, tmp_path, s3_server, tiny_files):
+    vocab, medians, write = tiny_files
+    uri = "s3://maxtoki-test/runs/unfinished"
+    storage.upload_bytes(uri + "/part-00000/shard.00000.mds", b"left by a killed run")
+    good = write("good.h5ad", [[1, 0, 0, 0, 0]])
+    bad = write("bad.h5ad", [[0.5, 0, 0, 0, 0]])
+    args = ["data", "tokenize", "--vocab", str(vocab), "--medians", str(medians), "--out", uri]
+    assert main(args + [str(good)]) == 2
+    assert "no manifest.json (an unfinished run)" in capsys.readouterr().err
+    # a run that fails validation removes what it uploaded: nothing looks complete afterwards
+    assert main(args + [str(good), str(bad), "--overwrite"]) == 2
+    assert storage.list_keys(uri) == []
+
+
+def test_unreachable_server_fails_fast(capsys, tmp_path, tiny_files, monkeypatch):
+    from conftest import free_port
+
+    vocab, medians, write = tiny_files
+    monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    good = write("good.h5ad", [[1, 0, 0, 0, 0]])
+    start = time.monotonic()
+    code = main(["data", "tokenize", str(good), "--vocab", str(vocab), "--medians", str(medians),
+                 "--out", "s3://nowhere/cells"])
+    assert code == 2 and time.monotonic() - start < 30
+    assert "cannot reach the S3 server" in capsys.readouterr().err
