@@ -89,14 +89,17 @@ def test_differences_below_float32_precision_are_ranked_exactly(tiny_vocab):
     assert cells == [[BOS, G2, G4, G1, G3, EOS]]
 
 
-def test_matches_a_plain_python_reference_on_random_data():
+@pytest.mark.parametrize("median_kind", ["exact_ties", "below_float32", "lognormal"])
+def test_matches_a_plain_python_reference_on_random_data(median_kind):
     rng = np.random.default_rng(7)
     n_cells, n_genes = 300, 400
     dense = rng.poisson(0.3, size=(n_cells, n_genes)).astype(np.float64)
     dense[5] = 0
     matrix = sp.csr_matrix(dense)
     token_ids = rng.permutation(n_genes) + 4
-    medians = rng.choice([0.5, 1.0, 2.0], size=n_genes)  # many exact ties
+    medians = {"exact_ties": rng.choice([0.5, 1.0, 2.0], size=n_genes),
+               "below_float32": 1.0 + rng.integers(0, 3, size=n_genes) * 1e-12,  # ties only in float32
+               "lognormal": rng.lognormal(0, 1, size=n_genes)}[median_kind]
     n_counts = dense.sum(axis=1)
     encoded = rank_value_encode(matrix, n_counts, token_ids, medians, 60, BOS, EOS)
     for cell in range(n_cells):

@@ -61,16 +61,17 @@ def rank_value_encode(
         return _concatenate(parts)
 
     rows = np.repeat(np.arange(n_cells, dtype=np.int64), np.diff(matrix.indptr))
-    counts = np.asarray(matrix.data, dtype=np.float64)
-    usable = (counts > 0) & (n_counts[rows] > 0)
-    if not usable.all():
-        rows, counts, columns = rows[usable], counts[usable], matrix.indices[usable]
-    else:
-        columns = matrix.indices
-    values = counts / n_counts[rows] * TARGET_SUM / medians[columns]
+    values = np.array(matrix.data, dtype=np.float64)  # a copy: scaled in place below
+    columns = matrix.indices
+    if values.size and (values.min() <= 0 or n_counts.min() <= 0):
+        usable = (values > 0) & (n_counts[rows] > 0)
+        rows, values, columns = rows[usable], values[usable], columns[usable]
+    values /= n_counts[rows]  # the reference's order of operations: count / n_counts * 10,000 / median
+    values *= TARGET_SUM
+    values /= medians[columns]
     tokens = np.asarray(token_ids, dtype=np.int64)[columns]
     order = _rank_order(rows, values, tokens)
-    rows, tokens = rows[order], tokens[order]
+    tokens = tokens[order]  # rows stay as they are: the order keeps every cell's block in place
 
     genes_per_cell = np.bincount(rows, minlength=n_cells)
     first = np.zeros(n_cells + 1, dtype=np.int64)
@@ -84,7 +85,10 @@ def rank_value_encode(
     offsets = np.zeros(n_cells + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     out = np.empty(int(offsets[-1]), dtype=dtype)
-    out[offsets[rows[keep]] + 1 + position[keep]] = tokens[keep]
+    if keep.all():
+        out[offsets[rows] + 1 + position] = tokens
+    else:
+        out[offsets[rows[keep]] + 1 + position[keep]] = tokens[keep]
     nonempty = np.flatnonzero(lengths)
     out[offsets[nonempty]] = bos_id
     out[offsets[nonempty + 1] - 1] = eos_id
@@ -102,15 +106,18 @@ def _rank_order(rows: np.ndarray, values: np.ndarray, tokens: np.ndarray) -> np.
         return np.zeros(0, dtype=np.int64)
     if tokens.max() >= _MAX_ROWS_PER_KEY:
         return np.lexsort((tokens, -values, rows))
-    quantized = np.minimum(values, np.finfo(np.float32).max).astype(np.float32).view(np.uint32).astype(np.uint64)
-    key = (rows.astype(np.uint64) << np.uint64(48)) | ((np.uint64(0xFFFFFFFF) - quantized) << np.uint64(16))
+    with np.errstate(over="ignore"):  # values beyond float32 range become inf: still ordered
+        quantized = values.astype(np.float32).view(np.uint32)
+    key = rows.astype(np.uint64) << np.uint64(48)
+    key |= (np.uint64(0xFFFFFFFF) - quantized) << np.uint64(16)
     key |= tokens.astype(np.uint64)
     order = np.argsort(key, kind="stable")
-    sorted_values, sorted_rows = values[order], rows[order]
-    wrong = (sorted_rows[1:] == sorted_rows[:-1]) & (sorted_values[1:] > sorted_values[:-1])
+    sorted_values = values[order]
+    wrong = (rows[1:] == rows[:-1]) & (sorted_values[1:] > sorted_values[:-1])
     if wrong.any():
-        bad_rows = np.unique(sorted_rows[1:][wrong])
-        affected = np.flatnonzero(np.isin(sorted_rows, bad_rows))
+        bad_rows = np.zeros(int(rows[-1]) + 1, dtype=bool)
+        bad_rows[rows[1:][wrong]] = True
+        affected = np.flatnonzero(bad_rows[rows])
         sub = order[affected]
         order[affected] = sub[np.lexsort((tokens[sub], -values[sub], rows[sub]))]
     return order

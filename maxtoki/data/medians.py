@@ -21,7 +21,7 @@ from maxtoki.data.parallel import run_parts
 from maxtoki.data.sketch import MedianSketch
 from maxtoki.data.sources import CellSource, ReadOptions, expand_inputs, open_source
 
-PART_CELLS = 65_536
+PART_CELLS = 16_384
 
 
 @dataclass(frozen=True)

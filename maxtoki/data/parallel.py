@@ -27,7 +27,9 @@ def run_parts(worker: Callable, tasks: Sequence, workers: int, total: int, desc:
             for task in tasks:
                 yield worker(task, bar.update)
             return
-        context = mp.get_context("spawn")
+        # fork where the platform has it: workers inherit the imported libraries (no start-up
+        # import cost) and need no importable __main__; spawn elsewhere
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with context.Manager() as manager:
             updates = manager.Queue()
             pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)

@@ -32,7 +32,7 @@ KEPT = "kept"
 DROP_REASONS = ("filter_pass", "zero_counts", "missing_time", "no_vocabulary_gene")
 RESERVED_COLUMNS = ("input_ids", "length", "cell_id", "dataset", "time", "group")
 GROUP_SEPARATOR = "|"
-PART_CELLS = 65_536  # cells per part: the unit of parallel work and of output sub-directories
+PART_CELLS = 16_384  # cells per part: the unit of parallel work and of output sub-directories
 
 
 @dataclass(frozen=True)
