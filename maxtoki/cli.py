@@ -25,6 +25,8 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--use-raw", action="store_true", help="read counts from adata.raw")
     group.add_argument("--allow-non-integer", action="store_true",
                        help="accept non-integer values (FPKM/TPM); by default they are rejected as normalized")
+    group.add_argument("--min-expression", type=float, default=0.0, metavar="X",
+                       help="treat values below X as zero (estimation noise in FPKM/TPM data; default 0)")
     group.add_argument("--chunk-size", type=int, default=2048, metavar="N", help="cells read at a time (memory)")
     group.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
 
@@ -156,7 +158,8 @@ def _run_medians(args) -> None:
 
     _require_inputs(args)
     medians, summary = compute_medians(args.inputs, read=_read_options(args), gene_mapping_path=args.gene_mapping,
-                                       allow_non_integer=args.allow_non_integer, workers=args.workers,
+                                       allow_non_integer=args.allow_non_integer,
+                                       min_expression=args.min_expression, workers=args.workers,
                                        chunk_size=args.chunk_size)
     if not medians:
         raise MaxtokiError("no cell had any expressed gene; nothing to compute medians from")
@@ -182,7 +185,8 @@ def _run_tokenize(args) -> None:
 
     _require_inputs(args)
     options = TokenizeOptions(_read_options(args), args.time_column, tuple(args.group_columns),
-                              tuple(args.keep_obs), args.model_input_size, args.allow_non_integer, args.chunk_size)
+                              tuple(args.keep_obs), args.model_input_size, args.allow_non_integer, args.chunk_size,
+                              args.min_expression)
     manifest = tokenize_files(args.inputs, args.vocab, args.medians, args.out, options=options,
                               gene_mapping_path=args.gene_mapping, workers=args.workers, overwrite=args.overwrite,
                               compression=args.compression)

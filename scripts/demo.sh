@@ -12,7 +12,7 @@ HSMM="maxtoki/datasets/hsmm_myoblast_timecourse.h5ad"
 mkdir -p "$OUT"
 
 echo "== 1/3 gene medians (median of each gene's non-zero normalized expression)"
-"$MAXTOKI" data medians "$HSMM" --allow-non-integer --out "$OUT/medians.json"
+"$MAXTOKI" data medians "$HSMM" --allow-non-integer --min-expression 0.1 --out "$OUT/medians.json"
 
 echo "== 2/3 vocabulary (specials, genes with a median, time tokens -1500..1499, <boq>, <eoq>)"
 "$MAXTOKI" data vocab --medians "$OUT/medians.json" --out "$OUT/vocab.json"

@@ -72,6 +72,15 @@ def test_gene_id_column_time_group_and_kept_obs(tiny_vocab, tiny_medians):
     assert result.obs["sex"].tolist() == ["F", "M"]
 
 
+def test_min_expression_drops_estimation_noise(tiny_vocab, tiny_medians):
+    adata = make_adata([[1e-40, 5.5, 0.05, 0.2, 0]])
+    cells, _ = encode(adata, tiny_vocab, tiny_medians, allow_non_integer=True)
+    assert cells == [[BOS, G2, G4, G3, G1, EOS]]
+    cells, _ = encode(adata, tiny_vocab, tiny_medians, allow_non_integer=True, min_expression=0.1)
+    assert cells == [[BOS, G2, G4, EOS]]
+    assert adata.X.data[0] == np.float32(1e-40)  # the caller's data is untouched
+
+
 def test_layer_and_raw(tiny_vocab, tiny_medians):
     adata = make_adata([[1, 0, 0, 0, 9]])
     adata.layers["counts"] = sp.csr_matrix(np.array([[9, 0, 0, 0, 1]], dtype=np.float32))

@@ -42,10 +42,12 @@ def plan_parts(cell_counts: list[int], part_size: int) -> list[tuple[int, int, i
 class ChunkReader:
     """Reads row ranges of one source through a gene projection, validating values on the way."""
 
-    def __init__(self, source: CellSource, projection: GeneProjection, allow_non_integer: bool = False):
+    def __init__(self, source: CellSource, projection: GeneProjection, allow_non_integer: bool = False,
+                 min_expression: float = 0.0):
         self.source = source
         self.projection = projection
         self.allow_non_integer = allow_non_integer
+        self.min_expression = min_expression
         self._has_n_counts = "n_counts" in source.obs_columns
         self._has_filter = "filter_pass" in source.obs_columns
         self._gene_ids: list[str] | None = None
@@ -53,6 +55,10 @@ class ChunkReader:
     def read(self, start: int, end: int) -> CellChunk:
         raw = self.source.matrix(start, end)
         self._validate(raw, start)
+        if self.min_expression > 0:  # estimation noise in FPKM/TPM data (values such as 1e-40)
+            raw = raw.copy()  # never modify the caller's matrix
+            raw.data[raw.data < self.min_expression] = 0
+            raw.eliminate_zeros()
         if self._has_n_counts:
             n_counts = self.source.numeric_obs("n_counts", start, end)
         else:

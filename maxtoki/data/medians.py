@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from maxtoki.data.chunks import ChunkReader, chunk_ranges, plan_parts
+from maxtoki.data.chunks import CellChunk, ChunkReader, chunk_ranges, plan_parts
 from maxtoki.data.encoding import TARGET_SUM
 from maxtoki.data.genes import GeneMapping, project_genes
 from maxtoki.data.parallel import run_parts
 from maxtoki.data.sketch import MedianSketch
-from maxtoki.data.sources import CellSource, ReadOptions, expand_inputs, open_source
+from maxtoki.data.sources import ReadOptions, expand_inputs, open_source
 
 PART_CELLS = 16_384
 
@@ -32,40 +32,36 @@ class _MedianTask:
     read: ReadOptions
     mapping: GeneMapping | None
     allow_non_integer: bool
+    min_expression: float
     chunk_size: int
 
 
-def add_chunks_to_sketch(sketch: MedianSketch, source: CellSource, mapping: GeneMapping | None, start: int,
-                         end: int, allow_non_integer: bool, chunk_size: int, report=lambda n: None) -> int:
-    """Add cells ``start:end`` of a source to the sketch; returns how many cells counted."""
-    projection = project_genes(source.gene_ids(), mapping)
-    reader = ChunkReader(source, projection, allow_non_integer)
-    used = 0
-    for lo, hi in chunk_ranges(start, end, chunk_size):
-        chunk = reader.read(lo, hi)
-        good = chunk.passes_filter & (chunk.n_counts > 0)
-        matrix = chunk.matrix if good.all() else chunk.matrix[np.flatnonzero(good)]
-        n_counts = chunk.n_counts[good]
-        rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-        values = matrix.data.astype(np.float64) / n_counts[rows] * TARGET_SUM
-        sketch.add(projection.output_genes, matrix.indices, values)
-        used += int(good.sum())
-        report(hi - lo)
-    return used
-
-
 def _median_part(task: _MedianTask, report) -> tuple[MedianSketch, int]:
-    sketch = MedianSketch()
+    """Sketch of one part of one input, and how many of its cells counted."""
+    sketch, used = MedianSketch(), 0
     with open_source(task.path, task.read) as source:
-        used = add_chunks_to_sketch(sketch, source, task.mapping, task.start, task.end, task.allow_non_integer,
-                                    task.chunk_size, report)
+        projection = project_genes(source.gene_ids(), task.mapping)
+        reader = ChunkReader(source, projection, task.allow_non_integer, task.min_expression)
+        for lo, hi in chunk_ranges(task.start, task.end, task.chunk_size):
+            used += _add_chunk(sketch, reader.read(lo, hi), projection.output_genes)
+            report(hi - lo)
     sketch.state()
     return sketch, used
 
 
+def _add_chunk(sketch: MedianSketch, chunk: CellChunk, genes: list[str]) -> int:
+    """Add the normalized non-zero values of a chunk's usable cells; returns how many cells."""
+    good = chunk.passes_filter & (chunk.n_counts > 0)
+    matrix = chunk.matrix if good.all() else chunk.matrix[np.flatnonzero(good)]
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    values = matrix.data.astype(np.float64) / chunk.n_counts[good][rows] * TARGET_SUM
+    sketch.add(genes, matrix.indices, values)
+    return int(good.sum())
+
+
 def compute_medians(inputs, *, read: ReadOptions = ReadOptions(), gene_mapping_path: str | Path | None = None,
-                    allow_non_integer: bool = False, workers: int = 1, chunk_size: int = 2048,
-                    ) -> tuple[dict[str, float], dict]:
+                    allow_non_integer: bool = False, min_expression: float = 0.0, workers: int = 1,
+                    chunk_size: int = 2048) -> tuple[dict[str, float], dict]:
     """Medians of every gene expressed in the inputs, and a summary of what was counted."""
     files = expand_inputs(inputs)
     mapping = GeneMapping.from_csv(gene_mapping_path) if gene_mapping_path else None
@@ -74,7 +70,7 @@ def compute_medians(inputs, *, read: ReadOptions = ReadOptions(), gene_mapping_p
         with open_source(path, read) as source:
             project_genes(source.gene_ids(), mapping)
             cell_counts.append(source.n_cells)
-    tasks = [_MedianTask(str(files[f]), lo, hi, read, mapping, allow_non_integer, chunk_size)
+    tasks = [_MedianTask(str(files[f]), lo, hi, read, mapping, allow_non_integer, min_expression, chunk_size)
              for f, lo, hi in plan_parts(cell_counts, PART_CELLS)]
     total, used = MedianSketch(), 0
     for sketch, cells in run_parts(_median_part, tasks, workers, sum(cell_counts), "medians"):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 def progress_bar(total: int, desc: str, unit: str = "cells"):

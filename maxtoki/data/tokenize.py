@@ -44,6 +44,7 @@ class TokenizeOptions:
     model_input_size: int = 4096
     allow_non_integer: bool = False
     chunk_size: int = 2048
+    min_expression: float = 0.0
 
     def __post_init__(self):
         if self.model_input_size < 3:
@@ -149,18 +150,19 @@ def tokenize_anndata(adata, vocab: Vocabulary | str | Path, medians: dict[str, f
                      gene_id_column: str | None = None, gene_mapping: GeneMapping | str | Path | None = None,
                      layer: str | None = None, use_raw: bool = False, time_column: str | None = None,
                      group_columns=(), keep_obs=(), model_input_size: int = 4096,
-                     allow_non_integer: bool = False, chunk_size: int = 2048) -> TokenizedCells:
+                     allow_non_integer: bool = False, min_expression: float = 0.0,
+                     chunk_size: int = 2048) -> TokenizedCells:
     """Rank-value-encode an AnnData object (scanpy style: AnnData in, token arrays out)."""
     vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.load(vocab)
     medians = medians if isinstance(medians, dict) else load_medians(medians)
     if gene_mapping is not None and not isinstance(gene_mapping, GeneMapping):
         gene_mapping = GeneMapping.from_csv(gene_mapping)
     options = TokenizeOptions(ReadOptions(gene_id_column, layer, use_raw), time_column, tuple(group_columns),
-                              tuple(keep_obs), model_input_size, allow_non_integer, chunk_size)
+                              tuple(keep_obs), model_input_size, allow_non_integer, chunk_size, min_expression)
     source = AnnDataSource(adata, options.read)
     source.require_obs_columns(options.obs_needed, "obs")
     encoder = CellEncoder(vocab, medians, options, gene_mapping)
-    reader = ChunkReader(source, encoder.projection(source), allow_non_integer)
+    reader = ChunkReader(source, encoder.projection(source), allow_non_integer, min_expression)
     input_ids, frames, dropped = [], [], Counter()
     for lo, hi in chunk_ranges(0, source.n_cells, chunk_size):
         meta = chunk_metadata(source, options, lo, hi)
@@ -202,7 +204,7 @@ def _write_part(task: _PartTask, report) -> dict:
     encoder, options = task.encoder, task.encoder.options
     dropped, written, tokens = Counter(), 0, 0
     with open_source(task.path, options.read) as source:
-        reader = ChunkReader(source, encoder.projection(source), options.allow_non_integer)
+        reader = ChunkReader(source, encoder.projection(source), options.allow_non_integer, options.min_expression)
         with MDSWriter(out=task.out, columns=task.columns, compression=task.compression, keep_local=True,
                        size_limit=1 << 27) as writer:
             for lo, hi in chunk_ranges(task.start, task.end, options.chunk_size):
@@ -271,6 +273,7 @@ def _manifest(files, cell_counts, parts, results, vocab, vocab_path, medians_pat
         "time_column": options.time_column, "group_columns": list(options.group_columns),
         "group_separator": GROUP_SEPARATOR, "keep_obs": list(options.keep_obs),
         "model_input_size": options.model_input_size, "allow_non_integer": options.allow_non_integer,
+        "min_expression": options.min_expression,
         "chunk_size": options.chunk_size, "workers": workers, "compression": compression,
     })
     manifest.update({
