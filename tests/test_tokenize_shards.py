@@ -139,3 +139,46 @@ def test_directory_input_and_config_file(tmp_path, tiny_files):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["cells"] == {"read": 3, "written": 2, "dropped": {"zero_counts": 1}}
     assert manifest["arguments"]["model_input_size"] == 8
+
+
+@pytest.mark.parametrize("layout", ["dense_X", "layer", "raw"])
+def test_h5ad_layouts_read_from_disk_like_in_memory(tmp_path, tiny_files, layout):
+    from conftest import make_adata
+
+    vocab, medians, _ = tiny_files
+    counts = np.array([[3, 0, 1, 0, 2], [0, 4, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=np.float32)
+    adata = make_adata(np.zeros_like(counts) + 0.5, obs={"age": [1.0, np.nan, 3.0], "donor": ["a", "b", "a"]})
+    adata.obs["donor"] = adata.obs["donor"].astype("category")
+    flag = []
+    if layout == "dense_X":
+        adata.X = counts
+    elif layout == "layer":
+        adata.layers["counts"] = counts
+        flag = ["--layer", "counts"]
+    else:
+        adata.raw = make_adata(counts)
+        flag = ["--use-raw"]
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    out = tmp_path / "out"
+    assert main(["data", "tokenize", str(path), "--vocab", str(vocab), "--medians", str(medians), "--out", str(out),
+                 "--time-column", "age", "--group-columns", "donor"] + flag) == 0
+    samples = read_shards(out)
+    # G4 (median 0.5) leads the third cell, then the tie G1/G3/G5 by id, then G2 (median 2);
+    # the second cell has no time: dropped and counted
+    assert [s["input_ids"].tolist() for s in samples] == [[2, 4, 8, 6, 3], [2, 7, 4, 6, 8, 5, 3]]
+    assert [(s["time"], s["group"]) for s in samples] == [(1.0, "a"), (3.0, "a")]
+    assert json.loads((out / "manifest.json").read_text())["cells"]["dropped"] == {"missing_time": 1}
+
+
+def test_column_major_matrix_is_refused_with_advice(capsys, tmp_path, tiny_files):
+    import scipy.sparse as sp
+    from conftest import make_adata
+
+    vocab, medians, _ = tiny_files
+    adata = make_adata([[1, 0, 0, 0, 0]])
+    adata.X = sp.csc_matrix(adata.X)
+    adata.write_h5ad(tmp_path / "csc.h5ad")
+    assert main(["data", "tokenize", str(tmp_path / "csc.h5ad"), "--vocab", str(vocab), "--medians", str(medians),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "column-major (CSC)" in capsys.readouterr().err
