@@ -105,7 +105,7 @@ def s3_server():
                 break
             except OSError:
                 if time.time() > deadline or process.poll() is not None:
-                    raise RuntimeError("the moto S3 server did not start")
+                    raise RuntimeError("the moto S3 server did not start") from None
                 time.sleep(0.2)
         import boto3
 

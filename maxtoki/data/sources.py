@@ -147,7 +147,8 @@ class H5adSource(CellSource):
             layers = handle.get("layers")
             names = list(layers.keys()) if isinstance(layers, h5py.Group) else []
             if options.layer not in names:
-                raise InputFileError(self.path, f"no layer {options.layer!r}; the layers are: {', '.join(names) or '(none)'}")
+                raise InputFileError(self.path, f"no layer {options.layer!r}; the layers are: "
+                                                f"{', '.join(names) or '(none)'}")
             return layers[options.layer], handle["var"]
         if options.use_raw:
             if "raw" not in handle or "X" not in handle["raw"]:

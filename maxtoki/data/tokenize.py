@@ -21,15 +21,14 @@ from maxtoki.data.chunks import CellChunk, ChunkReader, chunk_ranges, plan_parts
 from maxtoki.data.destination import ShardDestination
 from maxtoki.data.encoding import EncodedCells, rank_value_encode
 from maxtoki.data.genes import GeneMapping, GeneProjection, normalize_gene_id, project_genes
-from maxtoki.data.mds import mds_writer_class
 from maxtoki.data.manifest import base_manifest, file_sha256
+from maxtoki.data.mds import mds_writer_class
 from maxtoki.data.parallel import run_parts
 from maxtoki.data.sources import AnnDataSource, CellSource, ReadOptions, expand_inputs, open_source
 from maxtoki.errors import InputFileError, MaxtokiError
 from maxtoki.vocab import Vocabulary
 
 KEPT = "kept"
-DROP_REASONS = ("filter_pass", "zero_counts", "missing_time", "no_vocabulary_gene")
 RESERVED_COLUMNS = ("input_ids", "length", "cell_id", "dataset", "time", "group")
 GROUP_SEPARATOR = "|"
 PART_CELLS = 16_384  # cells per part: the unit of parallel work and of output sub-directories
@@ -107,7 +106,11 @@ class CellEncoder:
         return projection
 
     def encode(self, chunk: CellChunk, times: np.ndarray | None = None) -> tuple[EncodedCells, np.ndarray]:
-        """Tokens of every cell of the chunk and why each cell is dropped (or ``kept``)."""
+        """Tokens of every cell of the chunk and why each cell is dropped (or ``kept``).
+
+        Reasons, first match wins: ``filter_pass``, ``zero_counts``, ``missing_time``,
+        ``no_vocabulary_gene``.
+        """
         encoded = rank_value_encode(chunk.matrix, chunk.n_counts, self.token_ids, self.medians,
                                     self.options.model_input_size, self.vocab.bos_id, self.vocab.eos_id,
                                     self.vocab.token_dtype)

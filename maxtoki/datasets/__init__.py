@@ -2,7 +2,7 @@
 
 | name | what | cells x genes | values |
 |---|---|---|---|
-| ``hsmm`` | human skeletal muscle myoblasts at 0/24/48/72 h of differentiation (Trapnell et al. 2014, GEO GSE52529) | 271 x 47,192 | FPKM |
+| ``hsmm`` | myoblasts at 0/24/48/72 h of differentiation (GEO GSE52529) | 271 x 47,192 | FPKM |
 | ``pbmc3k`` | 10x Genomics PBMC 3k | 2,700 x 32,738 | raw UMI counts |
 | ``gencode`` | GENCODE v44 Ensembl gene ID -> symbol, no header | 62,754 rows | |
 
