@@ -71,6 +71,39 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--config", metavar="YAML", help="options from a YAML file")
     tokenize.set_defaults(handler=_run_tokenize)
 
+    paragraphs = data_commands.add_parser("paragraphs", help="cell paragraphs with time tokens -> MDS shards")
+    paragraphs.add_argument("cells", nargs="?", metavar="CELLS", help="cell shards (directory or s3:// URI)")
+    paragraphs.add_argument("--out", required=True, help="output directory or s3:// URI")
+    paragraphs.add_argument("--vocab", help="vocabulary (default: the one named in the cells' manifest)")
+    paragraphs.add_argument("--num-examples", type=int, default=10_000, metavar="N", help="examples in all")
+    paragraphs.add_argument("--seed", type=int, default=0, metavar="S")
+    paragraphs.add_argument("--min-timepoints", type=int, default=3, metavar="N")
+    paragraphs.add_argument("--max-timepoints", type=int, default=4, metavar="N")
+    paragraphs.add_argument("--task-ratio", type=float, default=0.5, metavar="P",
+                            help="share of TimeBetweenCells examples (the rest are NextCell)")
+    paragraphs.add_argument("--balance", type=float, default=0.0, metavar="B",
+                            help="groups drawn with probability ~ size ** (1 - B): 0 by size, 1 uniformly")
+    paragraphs.add_argument("--no-negative-timelapses", dest="negative_timelapses", action="store_false",
+                            help="keep the cells of an example in time order (query last)")
+    paragraphs.add_argument("--max-seq-len", type=int, default=16_384, metavar="N",
+                            help="longer examples lose genes from the end of the first cell")
+    paragraphs.add_argument("--time-scale", type=float, default=1.0, metavar="S",
+                            help="time units = time * S, rounded half away from zero")
+    paragraphs.add_argument("--clip", action="store_true", help="clip timelapses to the vocabulary's range")
+    paragraphs.add_argument("--eval", dest="eval_layout", action="store_true",
+                            help="evaluation layout: prompt_ids and response_ids kept apart")
+    paragraphs.add_argument("--group-columns", nargs="+", default=[], metavar="COL",
+                            help="trajectory groups from these cell columns (default: `group`, else dataset)")
+    paragraphs.add_argument("--split", metavar="SPEC", help="e.g. train=0.8,val=0.1,test=0.1 (whole groups)")
+    paragraphs.add_argument("--holdout-groups", nargs="+", default=[], metavar="GROUP")
+    paragraphs.add_argument("--holdout-values", nargs="+", default=[], metavar="COL=VALUE",
+                            help="hold out every cell with this value (e.g. an unseen cell type)")
+    paragraphs.add_argument("--blueprint", metavar="NPZ", help="rebuild exactly from a saved blueprint")
+    paragraphs.add_argument("--workers", type=int, default=1, metavar="N")
+    paragraphs.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    paragraphs.add_argument("--config", metavar="YAML", help="options from a YAML file")
+    paragraphs.set_defaults(handler=_run_paragraphs)
+
     inspect = data_commands.add_parser("inspect", help="summarise a directory of cell shards")
     inspect.add_argument("path", help="shard directory (with manifest.json)")
     inspect.add_argument("--vocab", help="vocabulary to decode tokens (default: the one in the manifest)")
@@ -194,6 +227,30 @@ def _run_tokenize(args) -> None:
     dropped = ", ".join(f"{n:,} {reason}" for reason, n in cells["dropped"].items()) or "none"
     print(f"wrote {cells['written']:,} of {cells['read']:,} cells ({manifest['tokens']:,} tokens) to {args.out}; "
           f"dropped: {dropped}")
+
+
+def _run_paragraphs(args) -> None:
+    from maxtoki.data.paragraph_build import build_paragraphs
+    from maxtoki.data.paragraphs import ParagraphOptions
+    from maxtoki.data.splits import parse_holdout_values, parse_split
+
+    if not args.cells:
+        raise MaxtokiError("give the cell shards (the output of `maxtoki data tokenize`)")
+    options = ParagraphOptions(args.num_examples, args.seed, args.min_timepoints, args.max_timepoints,
+                               args.task_ratio, args.balance, args.negative_timelapses, args.max_seq_len,
+                               args.time_scale, args.clip, args.eval_layout)
+    manifests = build_paragraphs(args.cells, args.vocab, args.out, options, group_columns=tuple(args.group_columns),
+                                 split=parse_split(args.split) if args.split else None,
+                                 holdout_groups=tuple(args.holdout_groups),
+                                 holdout_values=tuple(parse_holdout_values(args.holdout_values)),
+                                 blueprint_path=args.blueprint, workers=args.workers, overwrite=args.overwrite)
+    for name, manifest in manifests.items():
+        where = args.out if name == "all" else f"{args.out.rstrip('/')}/{name}"
+        counts = manifest["counts"]
+        tasks = counts.get("tasks", {})
+        print(f"wrote {counts['examples']:,} examples ({manifest['tokens']:,} tokens; "
+              f"{tasks.get('TimeBetweenCells', '?')} TimeBetweenCells, {tasks.get('NextCell', '?')} NextCell"
+              f"{', from ' + str(counts['groups_used']) + ' groups' if 'groups_used' in counts else ''}) to {where}")
 
 
 def _run_inspect(args) -> None:

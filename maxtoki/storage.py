@@ -101,3 +101,17 @@ def download_bytes(uri: str) -> bytes:
         return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     except (BotoCoreError, ClientError) as exc:
         raise _describe(uri, exc) from None
+
+
+def download_file(uri: str, local_path: str) -> None:
+    """Download one object to a local file (written under a temporary name, then renamed)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    tmp = f"{local_path}.tmp-{os.getpid()}"
+    os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
+    try:
+        s3_client().download_file(bucket, key, tmp)
+    except (BotoCoreError, ClientError) as exc:
+        raise _describe(uri, exc) from None
+    os.replace(tmp, local_path)

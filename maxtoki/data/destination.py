@@ -86,7 +86,13 @@ class ShardDestination:
         if self.remote:
             shutil.rmtree(self.part_out(index)[0], ignore_errors=True)
 
-    def commit(self, part_indexes: list[dict], manifest: dict) -> None:
+    def commit(self, part_indexes: list[dict], manifest: dict, extra_files: dict[str, bytes] | None = None) -> None:
+        """Write the extra files, then the merged index and the manifest (last: they mark completion)."""
+        for name, payload in (extra_files or {}).items():
+            if self.remote:
+                storage.upload_bytes(f"{self.uri}/{name}", payload)
+            else:
+                (self._staging / name).write_bytes(payload)
         index = merge_part_indexes(part_indexes)
         index_bytes = json.dumps(index, sort_keys=True).encode()
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,7 +262,7 @@ def tokenize_files(inputs, vocab_path: str | Path, medians_path: str | Path, out
 
 def _manifest(files, cell_counts, parts, results, vocab, vocab_path, medians_path, mapping_path, options,
               columns, workers, compression) -> dict:
-    per_input = [{"path": str(path), "dataset": path.stem, "bytes": path.stat().st_size, "cells": n,
+    per_input = [{"path": os.path.abspath(path), "dataset": path.stem, "bytes": path.stat().st_size, "cells": n,
                   "written": 0, "tokens": 0, "dropped": Counter()} for path, n in zip(files, cell_counts)]
     for (f, _, _), result in zip(parts, results):
         per_input[f]["written"] += result["written"]
@@ -281,9 +282,10 @@ def _manifest(files, cell_counts, parts, results, vocab, vocab_path, medians_pat
     })
     manifest.update({
         "inputs": per_input,
-        "vocabulary": {"path": str(vocab_path), "sha256": vocab.sha256, "size": len(vocab)},
-        "medians": {"path": str(medians_path), "sha256": file_sha256(medians_path)},
-        "gene_mapping": {"path": str(mapping_path), "sha256": file_sha256(mapping_path)} if mapping_path else None,
+        "vocabulary": {"path": os.path.abspath(vocab_path), "sha256": vocab.sha256, "size": len(vocab)},
+        "medians": {"path": os.path.abspath(medians_path), "sha256": file_sha256(medians_path)},
+        "gene_mapping": ({"path": os.path.abspath(mapping_path), "sha256": file_sha256(mapping_path)}
+                         if mapping_path else None),
         "columns": columns,
         "cells": {"read": sum(cell_counts), "written": sum(e["written"] for e in per_input),
                   "dropped": dict(sorted(dropped.items()))},

@@ -1,0 +1,133 @@
+"""Random access to stage-1 cells in MDS shards, local or ``s3://``, without loading the corpus.
+
+Shards are opened lazily (downloaded to a cache directory on first use when remote) and single
+samples are read by global index. Unlike ``StreamingDataset`` it keeps no shared state between
+processes, so every worker of a parallel conversion can open its own store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maxtoki import storage
+from maxtoki.data.destination import INDEX_NAME, MANIFEST_NAME
+from maxtoki.data.mds import _import_without_package_init
+from maxtoki.errors import MaxtokiError
+
+
+class CellStore:
+    def __init__(self, location: str, cache_dir: str | None = None):
+        self.location = str(location).rstrip("/")
+        self.remote = storage.is_remote(self.location)
+        # local shards are read where they are; remote ones are downloaded into the cache on first use
+        self.root = (cache_dir or tempfile.mkdtemp(prefix="maxtoki-cells-")) if self.remote else self.location
+        index = json.loads(self._read_small(INDEX_NAME))
+        self._shards = index["shards"]
+        if not self._shards:
+            raise MaxtokiError(f"{self.location}: the shard index lists no shards")
+        counts = np.array([shard["samples"] for shard in self._shards], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self._readers: dict[int, object] = {}
+        self.manifest = json.loads(self._read_small(MANIFEST_NAME))
+
+    def _read_small(self, name: str) -> bytes:
+        if self.remote:
+            return storage.download_bytes(f"{self.location}/{name}")
+        path = Path(self.location) / name
+        if not path.exists():
+            hint = "not a finished maxtoki output (no manifest.json)" if name == MANIFEST_NAME else \
+                "not a directory of MDS shards (no index.json)"
+            raise MaxtokiError(f"{self.location}: {hint}")
+        return path.read_bytes()
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._shards[0]["column_names"])
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"cell {index} is outside 0..{len(self) - 1}")
+        shard = int(np.searchsorted(self._starts, index, side="right") - 1)
+        return self._reader(shard).get_item(int(index - self._starts[shard]))
+
+    def __iter__(self):
+        for shard in range(len(self._shards)):
+            reader = self._reader(shard)
+            for i in range(self._shards[shard]["samples"]):
+                yield reader.get_item(i)
+
+    def _reader(self, shard: int):
+        reader = self._readers.get(shard)
+        if reader is None:
+            info = self._shards[shard]
+            self._ensure_local(info)
+            mds_reader = _import_without_package_init("streaming.base.format.mds.reader").MDSReader
+            reader = self._readers[shard] = mds_reader.from_json(self.root, None, info)
+        return reader
+
+    def _ensure_local(self, info: dict) -> None:
+        raw = os.path.join(self.root, info["raw_data"]["basename"])
+        if os.path.exists(raw):
+            return
+        zipped = info.get("zip_data")
+        source = zipped["basename"] if zipped else info["raw_data"]["basename"]
+        local = os.path.join(self.root, source)
+        if not os.path.exists(local):
+            if not self.remote:
+                raise MaxtokiError(f"{self.location}: shard {source} is missing; the output is incomplete")
+            storage.download_file(f"{self.location}/{source}", local)
+        if zipped:
+            decompress = _import_without_package_init("streaming.base.compression").decompress
+            data = decompress(info["compression"], Path(local).read_bytes())
+            tmp = f"{raw}.tmp-{os.getpid()}"
+            Path(tmp).write_bytes(data)
+            os.replace(tmp, raw)
+
+
+@dataclass
+class CellIndex:
+    """What paragraph sampling needs to know of every cell: its time, trajectory group and dataset."""
+
+    times: np.ndarray  # float64, per cell (NaN when unknown)
+    group_codes: np.ndarray  # int64 index into group_names, per cell
+    group_names: list[str]
+    datasets: np.ndarray  # object, per cell
+    lengths: np.ndarray  # int64 tokens per cell
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def build_cell_index(store: CellStore, group_columns: tuple[str, ...] = (), separator: str = "|") -> CellIndex:
+    """One pass over the shards; memory is a few numbers per cell, not the tokens."""
+    columns = store.columns
+    if "time" not in columns:
+        raise MaxtokiError(f"{store.location}: the cells have no time; tokenize them with --time-column COL")
+    missing = [c for c in group_columns if c not in columns]
+    if missing:
+        raise MaxtokiError(f"{store.location}: no column {missing[0]!r} in the cells; the columns are: "
+                           f"{', '.join(columns)} (keep obs columns at tokenization with --keep-obs)")
+    n = len(store)
+    times = np.empty(n, dtype=np.float64)
+    lengths = np.empty(n, dtype=np.int64)
+    datasets = np.empty(n, dtype=object)
+    groups = np.empty(n, dtype=object)
+    for i, sample in enumerate(store):
+        times[i] = sample["time"]
+        lengths[i] = sample["length"]
+        datasets[i] = sample["dataset"]
+        if group_columns:
+            groups[i] = separator.join(str(sample[c]) for c in group_columns)
+        else:
+            groups[i] = sample["group"] if "group" in columns else sample["dataset"]
+    names, codes = np.unique(groups.astype(str), return_inverse=True)
+    return CellIndex(times, codes.astype(np.int64), [str(x) for x in names], datasets, lengths)
