@@ -104,6 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
     paragraphs.add_argument("--config", metavar="YAML", help="options from a YAML file")
     paragraphs.set_defaults(handler=_run_paragraphs)
 
+    queries = data_commands.add_parser("queries", help="swap the query cells of evaluation paragraphs")
+    queries.add_argument("paragraphs", nargs="?", metavar="PARAGRAPHS", help="evaluation paragraphs (--eval)")
+    queries.add_argument("--cells", required=True, help="cell shards to draw the new query cells from")
+    queries.add_argument("--out", required=True, help="output directory or s3:// URI")
+    queries.add_argument("--match-time-tolerance", type=float, default=0.0, metavar="T",
+                         help="largest |time difference| to the original query cell, in input time (default 0)")
+    queries.add_argument("--match-columns", nargs="+", default=[], metavar="COL",
+                         help="the new query cell must agree on these columns (e.g. cell_type)")
+    queries.add_argument("--where", nargs="+", default=[], metavar="COL=VALUE",
+                         help="draw new query cells only among cells with these values (e.g. condition=disease)")
+    queries.add_argument("--seed", type=int, default=0)
+    queries.add_argument("--overwrite", action="store_true")
+    queries.add_argument("--config", metavar="YAML", help="options from a YAML file")
+    queries.set_defaults(handler=_run_queries)
+
+    simulate = data_commands.add_parser("simulate", help="synthetic donors over age -> .h5ad with known truth")
+    simulate.add_argument("--out", required=True, help="output .h5ad")
+    for name, default, text in (("donors", 20, "donors"), ("ages-per-donor", 4, "ages sampled per donor"),
+                                ("cells-per-sample", 50, "cells per donor and age"), ("genes", 2000, "genes"),
+                                ("programs", 8, "age-dependent gene programs"), ("cell-types", 2, "cell types"),
+                                ("min-age", 240, "youngest age"), ("max-age", 960, "oldest age"),
+                                ("disease-donors", 0, "donors of the 'disease' condition"),
+                                ("drivers", 20, "genes marked as age drivers"), ("seed", 0, "random seed")):
+        simulate.add_argument(f"--{name}", type=int, default=default, help=f"{text} (default {default})")
+    simulate.add_argument("--age-acceleration", type=float, default=0.0, metavar="A",
+                          help="disease donors' expression looks A time units older (default 0)")
+    simulate.add_argument("--config", metavar="YAML", help="options from a YAML file")
+    simulate.set_defaults(handler=_run_simulate)
+
     inspect = data_commands.add_parser("inspect", help="summarise a directory of cell shards")
     inspect.add_argument("path", help="shard directory (with manifest.json)")
     inspect.add_argument("--vocab", help="vocabulary to decode tokens (default: the one in the manifest)")
@@ -251,6 +280,33 @@ def _run_paragraphs(args) -> None:
         print(f"wrote {counts['examples']:,} examples ({manifest['tokens']:,} tokens; "
               f"{tasks.get('TimeBetweenCells', '?')} TimeBetweenCells, {tasks.get('NextCell', '?')} NextCell"
               f"{', from ' + str(counts['groups_used']) + ' groups' if 'groups_used' in counts else ''}) to {where}")
+
+
+def _run_queries(args) -> None:
+    from maxtoki.data.queries import build_queries
+    from maxtoki.data.splits import parse_holdout_values
+
+    if not args.paragraphs:
+        raise MaxtokiError("give the evaluation paragraphs (made with `maxtoki data paragraphs --eval`)")
+    manifest = build_queries(args.paragraphs, args.cells, args.out, match_time_tolerance=args.match_time_tolerance,
+                             match_columns=tuple(args.match_columns), where=tuple(parse_holdout_values(args.where)),
+                             seed=args.seed, overwrite=args.overwrite)
+    counts = manifest["counts"]
+    skipped = ", ".join(f"{n:,} {k}" for k, n in counts.items() if k != "written") or "none"
+    print(f"wrote {counts['written']:,} query paragraphs to {args.out}; skipped: {skipped}")
+
+
+def _run_simulate(args) -> None:
+    from maxtoki.data.simulate import SimulationOptions, simulate
+
+    options = SimulationOptions(donors=args.donors, ages_per_donor=args.ages_per_donor,
+                                cells_per_sample=args.cells_per_sample, genes=args.genes, programs=args.programs,
+                                cell_types=args.cell_types, min_age=args.min_age, max_age=args.max_age,
+                                disease_donors=args.disease_donors, age_acceleration=args.age_acceleration,
+                                drivers=args.drivers, seed=args.seed)
+    summary = simulate(args.out, options)
+    print(f"simulated {summary['cells']:,} cells of {summary['donors']} donors ({summary['disease_donors']} with "
+          f"the disease condition), {summary['genes']:,} genes -> {args.out}")
 
 
 def _run_inspect(args) -> None:

@@ -66,3 +66,22 @@ def test_unreachable_server_fails_fast(capsys, tmp_path, tiny_files, monkeypatch
                  "--out", "s3://nowhere/cells"])
     assert code == 2 and time.monotonic() - start < 30
     assert "cannot reach the S3 server" in capsys.readouterr().err
+
+
+def test_paragraphs_from_s3_cells_to_s3(tmp_path, s3_server, hsmm_path, hsmm_reference):
+    from maxtoki.data.cell_store import CellStore
+
+    vocab, medians = hsmm_reference
+    cells = "s3://maxtoki-test/runs/paragraph-cells"
+    assert main(["data", "tokenize", str(hsmm_path), "--vocab", str(vocab), "--medians", str(medians),
+                 "--allow-non-integer", "--time-column", "hours", "--out", cells]) == 0
+    args = ["--num-examples", "60", "--seed", "4", "--max-seq-len", "12000"]
+    assert main(["data", "paragraphs", cells, "--out", "s3://maxtoki-test/runs/paragraphs", *args]) == 0
+    assert main(["data", "paragraphs", cells, "--out", str(tmp_path / "local"), *args]) == 0
+    remote = list(CellStore("s3://maxtoki-test/runs/paragraphs", str(tmp_path / "cache")))
+    local = list(CellStore(str(tmp_path / "local")))
+    assert len(remote) == len(local) == 60
+    for a, b in zip(remote, local):
+        assert np.array_equal(a["input_ids"], b["input_ids"]) and a["timelapse"] == b["timelapse"]
+    keys = storage.list_keys("s3://maxtoki-test/runs/paragraphs")
+    assert any(k.endswith("/blueprint.npz") for k in keys) and any(k.endswith("/manifest.json") for k in keys)

@@ -29,11 +29,12 @@ def parse_split(text: str) -> dict[str, float]:
 
 
 def parse_holdout_values(items) -> list[tuple[str, str]]:
+    """``["cell_type=T cell", ...]`` -> [("cell_type", "T cell"), ...]."""
     pairs = []
     for item in items:
         column, sep, value = item.partition("=")
         if not sep or not column:
-            raise MaxtokiError(f"--holdout-values {item!r}: write COLUMN=VALUE")
+            raise MaxtokiError(f"{item!r}: write COLUMN=VALUE")
         pairs.append((column, value))
     return pairs
 
