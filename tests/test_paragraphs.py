@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from maxtoki.cli import main
-from maxtoki.data import tokenize as tokenize_module
 from maxtoki.data.blueprint import NEXT_CELL, TIME_BETWEEN_CELLS, Blueprint
 from maxtoki.data.cell_store import CellStore
 from maxtoki.data.paragraphs import assemble, to_time_units

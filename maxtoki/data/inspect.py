@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from maxtoki import storage
-from maxtoki.data.mds import streaming_dataset_class
+from maxtoki.data.blueprint import TASK_NAMES
+from maxtoki.data.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import Vocabulary
-
-
-def open_cells(path: str, cache_dir: str | None = None):
-    """A ``StreamingDataset`` over local or ``s3://`` cell shards, in stored order."""
-    StreamingDataset = streaming_dataset_class()
-    if storage.is_remote(path):
-        local = cache_dir or tempfile.mkdtemp(prefix="maxtoki-cells-")
-        return StreamingDataset(remote=path, local=local, shuffle=False, batch_size=1)
-    return StreamingDataset(local=str(path), shuffle=False, batch_size=1)
 
 
 def read_manifest(path: str) -> dict:
@@ -33,7 +25,17 @@ def read_manifest(path: str) -> dict:
 
 
 def describe_shards(path: str, vocab_path: str | None = None, n_examples: int = 3) -> str:
+    """Summary of cell shards or paragraph shards (chosen by the manifest's kind)."""
     manifest = read_manifest(path)
+    vocab_file = vocab_path or manifest.get("vocabulary", {}).get("path")
+    vocab = Vocabulary.load(vocab_file) if vocab_file and Path(vocab_file).exists() else None
+    store = CellStore(path)
+    if manifest.get("kind") == "maxtoki.cells":
+        return _describe_cells(path, manifest, store, vocab, n_examples)
+    return _describe_paragraphs(path, manifest, store, vocab, n_examples)
+
+
+def _describe_cells(path, manifest, store, vocab, n_examples) -> str:
     cells = manifest["cells"]
     lines = [f"cell shards at {path}",
              f"  cells: {cells['written']:,} written of {cells['read']:,} read; dropped: "
@@ -41,19 +43,51 @@ def describe_shards(path: str, vocab_path: str | None = None, n_examples: int = 
              f"  tokens: {manifest['tokens']:,}; columns: {', '.join(manifest['columns'])}"]
     for entry in manifest["inputs"]:
         lines.append(f"  input {entry['path']}: {entry['written']:,}/{entry['cells']:,} cells")
-    dataset = open_cells(path)
-    lengths = np.array([dataset[i]["length"] for i in range(len(dataset))])
-    if len(lengths):
+    samples = list(store)
+    if samples:
+        lengths = np.array([s["length"] for s in samples])
         lines.append(f"  tokens per cell (with <bos>/<eos>): min {lengths.min()}, median {int(np.median(lengths))}, "
                      f"max {lengths.max()}")
-    if "time" in manifest["columns"] and len(dataset):
-        times, counts = np.unique([dataset[i]["time"] for i in range(len(dataset))], return_counts=True)
-        lines.append("  cells per time: " + ", ".join(f"{t:g}: {c}" for t, c in zip(times, counts)))
-    vocab_file = vocab_path or manifest["vocabulary"]["path"]
-    vocab = Vocabulary.load(vocab_file) if Path(vocab_file).exists() else None
-    for i in range(min(n_examples, len(dataset))):
-        sample = dataset[i]
+    if "time" in manifest["columns"] and samples:
+        times, counts = np.unique([s["time"] for s in samples], return_counts=True)
+        shown = ", ".join(f"{t:g}: {c}" for t, c in list(zip(times, counts))[:12])
+        lines.append(f"  cells per time: {shown}{' ...' if len(times) > 12 else ''}")
+    for sample in samples[:n_examples]:
         ids = sample["input_ids"]
         shown = vocab.decode(ids[:8]) if vocab else [str(t) for t in ids[:8]]
         lines.append(f"  cell {sample['cell_id']}: {len(ids)} tokens: {' '.join(shown)} ...")
     return "\n".join(lines)
+
+
+def _describe_paragraphs(path, manifest, store, vocab, n_examples) -> str:
+    counts = manifest.get("counts", {})
+    lines = [f"{manifest.get('kind', 'maxtoki.paragraphs').split('.')[-1]} shards at {path}",
+             f"  examples: {len(store):,}; tokens: {manifest.get('tokens', 0):,}; columns: "
+             f"{', '.join(manifest['columns'])}"]
+    if "tasks" in counts:
+        lines.append(f"  tasks: {counts['tasks']}; groups used: {counts.get('groups_used')}; "
+                     f"skipped: {counts.get('skipped') or 'nothing'}")
+    for example in list(itertools.islice(store, n_examples)):
+        ids = example["input_ids"] if "input_ids" in example else np.concatenate(
+            [example["prompt_ids"], example["response_ids"]])
+        task = TASK_NAMES[int(example["task"])]
+        lines.append(f"  {task} in {example['group']}: times {example['times'].tolist()}, timelapse "
+                     f"{example['timelapse']}, {len(ids)} tokens ({example['prompt_length']} in the prompt)")
+        if vocab is not None:
+            lines.append(f"    layout: {_layout(ids, vocab)}")
+    return "\n".join(lines)
+
+
+def _layout(ids: np.ndarray, vocab: Vocabulary) -> str:
+    """A paragraph with every cell collapsed to [cell: N genes] and the other tokens spelled out."""
+    parts, genes = [], 0
+    for token in vocab.decode(ids):
+        if vocab.is_gene[vocab[token]]:
+            genes += 1
+            continue
+        if token == "<eos>":
+            parts.append(f"[cell: {genes} genes]")
+            genes = 0
+        elif token != "<bos>":
+            parts.append(token)
+    return " ".join(parts)

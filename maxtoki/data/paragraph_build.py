@@ -20,15 +20,15 @@ from maxtoki.data.cell_store import CellIndex, CellStore, build_cell_index
 from maxtoki.data.destination import ShardDestination
 from maxtoki.data.manifest import base_manifest
 from maxtoki.data.mds import mds_writer_class
-from maxtoki.data.parallel import run_parts
 from maxtoki.data.paragraphs import ParagraphOptions, assemble, sample_blueprint
+from maxtoki.data.parallel import run_parts
 from maxtoki.data.splits import HOLDOUT, assign_groups, examples_per_split
 from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import Vocabulary
 
 BLUEPRINT_NAME = "blueprint.npz"
 SPLITS_NAME = "splits.json"
-PART_EXAMPLES = 4096
+PART_EXAMPLES = 1024
 
 
 def paragraph_columns(vocab: Vocabulary, eval_layout: bool) -> dict[str, str]:

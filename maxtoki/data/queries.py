@@ -60,7 +60,7 @@ def build_queries(paragraphs: str, other_cells: str, out: str, *, match_time_tol
     rng = np.random.default_rng(seed)
     columns = {**paragraph_columns(vocab, True), "query_cell_index": "int64", "query_cell_id": "str",
                "query_dataset": "str", "query_time": "int64", "reference_timelapse": "int32"}
-    counts = Counter()
+    counts, tokens = Counter(), 0
     destination = ShardDestination(out, overwrite).open()
     try:
         with mds_writer_class()(out=destination.part_out(0), columns=columns, keep_local=True) as writer, \
@@ -90,11 +90,13 @@ def build_queries(paragraphs: str, other_cells: str, out: str, *, match_time_tol
                               "query_cell_id": query["cell_id"], "query_dataset": query["dataset"],
                               "query_time": int(other_times[chosen]), "reference_timelapse": example["timelapse"]})
                 counts["written"] += 1
+                tokens += len(prompt) + len(response)
         result = base_manifest("maxtoki.queries", {"match_time_tolerance": match_time_tolerance,
                                                    "match_columns": list(match_columns),
                                                    "where": [f"{c}={v}" for c, v in where], "seed": seed})
         result.update({"paragraphs": paragraphs, "other_cells": other_cells, "counts": dict(counts),
-                       "columns": columns, "vocabulary": manifest["vocabulary"], "cells": manifest["cells"],
+                       "columns": columns, "tokens": tokens, "vocabulary": manifest["vocabulary"],
+                       "cells": manifest["cells"],
                        "time_scale": options["time_scale"]})
         destination.commit([destination.part_index(0)], result)
     except BaseException:
