@@ -60,10 +60,15 @@ class CellStore:
         return self._reader(shard).get_item(int(index - self._starts[shard]))
 
     def __iter__(self):
+        """Every sample in order; each shard file is read once (not one open per sample)."""
         for shard in range(len(self._shards)):
             reader = self._reader(shard)
-            for i in range(self._shards[shard]["samples"]):
-                yield reader.get_item(i)
+            with open(os.path.join(self.root, self._shards[shard]["raw_data"]["basename"]), "rb") as handle:
+                data = handle.read()
+            samples = self._shards[shard]["samples"]
+            offsets = np.frombuffer(data, np.uint32, count=samples + 1, offset=4)
+            for i in range(samples):
+                yield reader.decode_sample(data[offsets[i]:offsets[i + 1]])
 
     def _reader(self, shard: int):
         reader = self._readers.get(shard)

@@ -1,0 +1,123 @@
+"""Training data loaders: ``StreamingDataset`` over cell or paragraph shards, local or ``s3://``.
+
+Batches are padded to the longest sequence in the batch (right padding with ``<pad>``), with an
+attention mask; paragraph batches also carry ``prompt_length``, ``task`` and ``timelapse`` so the
+loss masks come from the data. ``StreamingDataLoader`` lets Composer checkpoint the loader's
+position, so a resumed run continues with exactly the samples it would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from maxtoki import storage
+from maxtoki.errors import MaxtokiError
+
+CELL_KEYS = ("input_ids",)
+PARAGRAPH_KEYS = ("input_ids", "prompt_length", "task", "timelapse")
+
+
+def read_data_manifest(location: str) -> dict:
+    """The manifest of a maxtoki output, with a clear error if the location is not one."""
+    try:
+        if storage.is_remote(location):
+            return json.loads(storage.download_bytes(f"{location.rstrip('/')}/manifest.json"))
+        with open(os.path.join(location, "manifest.json")) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise MaxtokiError(f"{location}: no such data (no manifest.json); give the output of `maxtoki data "
+                           "tokenize` or `maxtoki data paragraphs`") from None
+    except MaxtokiError as exc:
+        raise MaxtokiError(f"{location}: cannot read the data ({exc})") from None
+
+
+def _cache_dir(remote: str) -> str:
+    """One cache per remote location, shared by the ranks of a node (as streaming requires)."""
+    digest = hashlib.sha256(remote.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), "maxtoki-streaming", digest)
+
+
+def _streaming_dataset(location: str, keys: tuple[str, ...], max_seq_len: int, **kwargs):
+    from streaming import StreamingDataset
+
+    class _Dataset(StreamingDataset):
+        def __getitem__(self, index):
+            sample = super().__getitem__(index)
+            out = {key: sample[key] for key in keys}
+            if len(out["input_ids"]) > max_seq_len:
+                raise MaxtokiError(f"{location}: a sample of {len(out['input_ids'])} tokens exceeds max_seq_len "
+                                   f"{max_seq_len}")
+            return out
+
+    if storage.is_remote(location):
+        return _Dataset(remote=location, local=kwargs.pop("local", None) or _cache_dir(location), **kwargs)
+    return _Dataset(local=location, **kwargs)
+
+
+class PadCollator:
+    """Pads ``input_ids`` to the longest sample of the batch; passes scalar fields through as tensors."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        longest = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((len(samples), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            ids = torch.from_numpy(np.asarray(sample["input_ids"], dtype=np.int64))
+            input_ids[row, :len(ids)] = ids
+            attention_mask[row, :len(ids)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        for key in samples[0]:
+            if key != "input_ids":
+                batch[key] = torch.tensor([int(s[key]) for s in samples], dtype=torch.long)
+        return batch
+
+
+def build_loader(kind: str, dataset: dict, device_batch_size: int, tokenizer=None, drop_last: bool = True,
+                 num_workers: int = 0, pin_memory: bool = False, prefetch_factor: int | None = None,
+                 persistent_workers: bool = False, timeout: float = 0):
+    """A Composer ``DataSpec`` over ``dataset.remote`` (cells or paragraphs, checked against the vocab)."""
+    from composer.core import DataSpec
+    from streaming import StreamingDataLoader
+
+    from maxtoki.vocab import Vocabulary
+
+    dataset = dict(dataset)
+    location = str(dataset.pop("remote"))
+    vocab_path = dataset.pop("vocab")
+    max_seq_len = int(dataset.pop("max_seq_len"))
+    manifest = read_data_manifest(location)
+    expected = {"cells": "maxtoki.cells", "paragraphs": "maxtoki.paragraphs"}[kind]
+    if manifest.get("kind") != expected:
+        raise MaxtokiError(f"{location}: holds {manifest.get('kind')} data, but this loader reads {expected} "
+                           f"({'stage 1' if kind == 'cells' else 'stage 2'})")
+    vocab = Vocabulary.load(vocab_path)
+    if manifest["vocabulary"]["sha256"] != vocab.sha256:
+        raise MaxtokiError(f"{location}: the data was made with another vocabulary ({manifest['vocabulary']['path']}) "
+                           f"than the model's ({vocab_path})")
+    if kind == "paragraphs" and "input_ids" not in manifest["columns"]:
+        raise MaxtokiError(f"{location}: evaluation-layout paragraphs (--eval) are for inference; train on "
+                           "paragraphs made without --eval")
+    keys = CELL_KEYS if kind == "cells" else PARAGRAPH_KEYS
+    streaming_dataset = _streaming_dataset(location, keys, max_seq_len, batch_size=device_batch_size, **dataset)
+    loader = StreamingDataLoader(streaming_dataset, batch_size=device_batch_size, collate_fn=PadCollator(vocab.pad_id),
+                                 drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory,
+                                 prefetch_factor=prefetch_factor if num_workers else None,
+                                 persistent_workers=persistent_workers and num_workers > 0, timeout=timeout)
+    return DataSpec(loader, get_num_tokens_in_batch=lambda batch: int(batch["attention_mask"].sum()))
+
+
+def build_cells_loader(**kwargs):
+    return build_loader("cells", **kwargs)
+
+
+def build_paragraphs_loader(**kwargs):
+    return build_loader("paragraphs", **kwargs)

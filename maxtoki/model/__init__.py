@@ -1,0 +1,1 @@
+"""Models: named LLaMA sizes, the Composer wrappers of both training stages, losses and metrics."""

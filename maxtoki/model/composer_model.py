@@ -1,0 +1,113 @@
+"""The Composer model of both stages: a Hugging Face ``LlamaForCausalLM`` with MaxToki's losses.
+
+``objective="pretrain"`` trains next-gene prediction on single cells; ``objective="temporal"``
+trains the NextCell and TimeBetweenCells tasks on cell paragraphs. Wrapping ``HuggingFaceModel``
+keeps the Hugging Face config in every Composer checkpoint, so checkpoints export as plain
+``LlamaForCausalLM`` directories.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from composer.models import HuggingFaceModel
+
+from maxtoki.model.builders import build_backbone
+from maxtoki.model.losses import IGNORE, next_token_labels, response_labels, temporal_loss
+from maxtoki.model.metrics import (
+    NextGeneAccuracy,
+    NextGeneCrossEntropy,
+    NextGenePerplexity,
+    TimelapseMAE,
+    TimelapseMedianAE,
+    TimelapsePearson,
+)
+from maxtoki.vocab import Vocabulary
+
+OBJECTIVES = ("pretrain", "temporal")
+
+
+class MaxTokiModel(HuggingFaceModel):
+    def __init__(self, model, vocab: Vocabulary, objective: str = "pretrain", label_scalar: float = 200.0,
+                 additive_penalty: float = 10.0, timelapse_loss: str = "numeric"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}")
+        if timelapse_loss not in ("numeric", "cross_entropy"):
+            raise ValueError("timelapse_loss must be 'numeric' or 'cross_entropy'")
+        eval_metrics = [NextGeneCrossEntropy(), NextGenePerplexity(), NextGeneAccuracy()]
+        if objective == "temporal":
+            eval_metrics += [TimelapseMAE(), TimelapseMedianAE(), TimelapsePearson()]
+        super().__init__(model, tokenizer=None, use_logits=True, metrics=[NextGeneCrossEntropy()],
+                         eval_metrics=eval_metrics, shift_labels=False)
+        self.objective = objective  # instance attribute; the recipe classes also name it on the class
+        self.label_scalar = float(label_scalar)
+        self.additive_penalty = float(additive_penalty)
+        self.timelapse_loss = timelapse_loss
+        # counted before any FSDP sharding: the non-embedding weights every token passes through
+        self._flop_weights = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
+        numeric_ids = torch.as_tensor(vocab.numeric_ids, dtype=torch.long)
+        self.register_buffer("numeric_ids", numeric_ids, persistent=False)
+        self.register_buffer("numeric_values", torch.as_tensor(vocab.numeric_values[vocab.numeric_ids],
+                                                               dtype=torch.float32), persistent=False)
+        # recorded in the Hugging Face config, so exported models carry the read-out settings
+        model.config.maxtoki = {"objective": objective, "label_scalar": self.label_scalar,
+                                "additive_penalty": self.additive_penalty, "timelapse_loss": timelapse_loss,
+                                "vocabulary_sha256": vocab.sha256}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          use_cache=False).logits
+
+    def scored_labels(self, batch: dict) -> torch.Tensor:
+        """Labels of the tokens the objective scores (aligned with logits)."""
+        if self.objective == "pretrain":
+            return next_token_labels(batch["input_ids"], batch["attention_mask"])
+        labels = response_labels(batch["input_ids"], batch["attention_mask"], batch["prompt_length"])
+        return torch.where((batch["task"] == 0)[:, None], labels, IGNORE)
+
+    def loss(self, outputs: torch.Tensor, batch: dict):
+        if self.objective == "pretrain":
+            labels = next_token_labels(batch["input_ids"], batch["attention_mask"])
+            return F.cross_entropy(outputs.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        return temporal_loss(outputs, batch["input_ids"], batch["attention_mask"], batch["prompt_length"],
+                             batch["task"], batch["timelapse"], self.numeric_ids, self.numeric_values,
+                             self.label_scalar, self.additive_penalty, self.timelapse_loss)
+
+    def eval_forward(self, batch: dict, outputs=None) -> torch.Tensor:
+        return outputs if outputs is not None else self.forward(batch)
+
+    def update_metric(self, batch: dict, outputs: torch.Tensor, metric) -> None:
+        metric.update(batch, outputs, self)
+
+    def flops_per_batch(self, batch: dict) -> float:
+        """Training FLOPs of the real (non-pad) tokens: 6 N per token plus attention per sequence."""
+        config = self.model.config
+        lengths = batch["attention_mask"].sum(dim=1).double()
+        attention = 2 * 2 * config.num_hidden_layers * config.hidden_size * lengths.square()
+        return float(3 * (2 * self._flop_weights * lengths + attention).sum())
+
+
+class _RecipeModel(MaxTokiModel):
+    """Built from a recipe's ``model:`` keys (what llm-foundry's registry passes)."""
+
+    objective = "pretrain"
+
+    def __init__(self, size: str, vocab: str, max_seq_len: int = 4096, rope_scaling: dict | None = None,
+                 attn_implementation: str = "auto", pretrained: str | None = None, label_scalar: float = 200.0,
+                 additive_penalty: float = 10.0, timelapse_loss: str = "numeric", config_overrides: dict | None = None,
+                 init_device: str = "cpu", tokenizer=None):
+        model, vocabulary = build_backbone(size, vocab, max_seq_len, rope_scaling, attn_implementation, pretrained,
+                                           config_overrides)
+        super().__init__(model, vocabulary, type(self).objective, label_scalar, additive_penalty, timelapse_loss)
+
+
+class MaxTokiPretrainModel(_RecipeModel):
+    """``model: {name: maxtoki_pretrain}``: next-gene prediction on single cells (stage 1)."""
+
+    objective = "pretrain"
+
+
+class MaxTokiTemporalModel(_RecipeModel):
+    """``model: {name: maxtoki_temporal}``: NextCell and TimeBetweenCells on cell paragraphs (stage 2)."""
+
+    objective = "temporal"

@@ -1,0 +1,92 @@
+"""The training entry point behind ``scripts/train.py``: recipe + overrides -> checks -> llm-foundry.
+
+Training itself is llm-foundry's ``train`` (Composer's Trainer with its callbacks, FSDP,
+automatic micro-batching, checkpointing and autoresume); this module adds the MaxToki components
+to the registries and checks the recipe first, so a wrong size, a missing data path or a
+vocabulary that does not match the data fails in seconds with a clear message, not after minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from maxtoki.errors import MaxtokiError
+
+
+def parse_arguments(argv: list[str]) -> tuple[str, list[str]]:
+    """``RECIPE [overrides]`` or ``-f RECIPE [overrides]``."""
+    argv = list(argv)
+    if argv[:1] in (["-f"], ["--file"]):
+        argv = argv[1:]
+    if not argv or "=" in argv[0]:
+        raise MaxtokiError("usage: composer scripts/train.py RECIPE.yaml [key=value ...] (or -f RECIPE.yaml)")
+    return argv[0], argv[1:]
+
+
+def load_recipe(path: str, overrides: list[str]):
+    from omegaconf import OmegaConf
+
+    if not Path(path).exists():
+        raise MaxtokiError(f"{path}: no such recipe")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+        OmegaConf.resolve(cfg)
+    except Exception as exc:  # omegaconf raises many kinds for bad YAML and bad interpolations
+        raise MaxtokiError(f"{path}: {exc}") from None
+    return cfg
+
+
+def check_recipe(cfg) -> None:
+    """Fail fast on what would otherwise fail after the model and loaders are built."""
+    from maxtoki.data.loaders import read_data_manifest
+    from maxtoki.model.sizes import SIZES
+    from maxtoki.vocab import Vocabulary
+
+    model = cfg.get("model") or {}
+    if model.get("name") not in ("maxtoki_pretrain", "maxtoki_temporal"):
+        raise MaxtokiError(f"model.name must be maxtoki_pretrain or maxtoki_temporal, not {model.get('name')!r}")
+    if model.get("size") not in SIZES:
+        raise MaxtokiError(f"unknown model size {model.get('size')!r}; choose one of {', '.join(SIZES)}")
+    vocab_path = model.get("vocab")
+    if not vocab_path or not Path(vocab_path).exists():
+        raise MaxtokiError(f"model.vocab {vocab_path!r}: no such file (set variables.vocab=PATH)")
+    vocab = Vocabulary.load(vocab_path)
+    expected = "maxtoki.cells" if model["name"] == "maxtoki_pretrain" else "maxtoki.paragraphs"
+    loaders = [("train_loader", cfg.get("train_loader"))]
+    evals = cfg.get("eval_loader") or cfg.get("eval_loaders") or []
+    loaders += [("eval_loader", e) for e in (evals if isinstance(evals, (list, tuple)) or
+                                              type(evals).__name__ == "ListConfig" else [evals])]
+    for key, loader in loaders:
+        if not loader:
+            continue
+        location = str((loader.get("dataset") or {}).get("remote") or "")
+        if not location:
+            raise MaxtokiError(f"{key}.dataset.remote is not set (set variables.data=PATH or s3://...)")
+        manifest = read_data_manifest(location)
+        if manifest.get("kind") != expected:
+            raise MaxtokiError(f"{key}: {location} holds {manifest.get('kind')} data; {model['name']} trains on "
+                               f"{expected}")
+        if manifest.get("vocabulary", {}).get("sha256") != vocab.sha256:
+            raise MaxtokiError(f"{key}: {location} was made with the vocabulary {manifest['vocabulary']['path']}, "
+                               f"which differs from model.vocab {vocab_path}")
+    load_path = cfg.get("load_path")
+    if load_path and "://" not in str(load_path) and not Path(str(load_path)).exists():
+        raise MaxtokiError(f"load_path {load_path}: no such checkpoint")
+
+
+def main(argv: list[str]) -> int:
+    try:
+        recipe, overrides = parse_arguments(argv)
+        cfg = load_recipe(recipe, overrides)
+        check_recipe(cfg)
+        os.environ.setdefault("WANDB_MODE", "offline")
+        import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
+        from llmfoundry.command_utils import train
+
+        train(cfg)
+    except MaxtokiError as exc:
+        print(f"maxtoki: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
