@@ -76,16 +76,20 @@ def check_recipe(cfg) -> None:
         raise MaxtokiError(f"load_path {load_path}: no such checkpoint")
 
 
+def train_from_recipe(recipe: str, overrides: list[str] = ()):
+    """Check and run a recipe; returns Composer's ``Trainer`` after training (for notebooks and tests)."""
+    cfg = load_recipe(recipe, list(overrides))
+    check_recipe(cfg)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
+    from llmfoundry.command_utils import train
+
+    return train(cfg)
+
+
 def main(argv: list[str]) -> int:
     try:
-        recipe, overrides = parse_arguments(argv)
-        cfg = load_recipe(recipe, overrides)
-        check_recipe(cfg)
-        os.environ.setdefault("WANDB_MODE", "offline")
-        import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
-        from llmfoundry.command_utils import train
-
-        train(cfg)
+        train_from_recipe(*parse_arguments(argv))
     except MaxtokiError as exc:
         print(f"maxtoki: error: {exc}", file=sys.stderr)
         return 2

@@ -96,8 +96,11 @@ class _RecipeModel(MaxTokiModel):
                  attn_implementation: str = "auto", pretrained: str | None = None, label_scalar: float = 200.0,
                  additive_penalty: float = 10.0, timelapse_loss: str = "numeric", config_overrides: dict | None = None,
                  init_device: str = "cpu", tokenizer=None):
+        from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
+
         model, vocabulary = build_backbone(size, vocab, max_seq_len, rope_scaling, attn_implementation, pretrained,
                                            config_overrides)
+        prepare_hf_model_for_fsdp(model, init_device)  # FSDP wraps each decoder layer; meta init materialises
         super().__init__(model, vocabulary, type(self).objective, label_scalar, additive_penalty, timelapse_loss)
 
 

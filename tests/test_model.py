@@ -1,0 +1,108 @@
+"""Model sizes, losses and collation: exact numbers on small tensors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from maxtoki.data.loaders import PadCollator
+from maxtoki.model.losses import IGNORE, next_token_labels, response_labels, temporal_loss
+from maxtoki.model.sizes import count_parameters, llama_config
+from maxtoki.vocab import Vocabulary
+
+
+@pytest.mark.parametrize("size, total, non_embedding, head_dim", [
+    ("217m", 224_390_320, 166_988_976, 154),
+    ("217m-flash", 224_390_320, 166_988_976, 112),
+    ("1b", 1_062_957_312, 955_609_344, 144),
+])
+def test_published_sizes(size, total, non_embedding, head_dim):
+    config = llama_config(size, 23277)  # the released vocabulary
+    assert config.vocab_size == 23296 and not config.tie_word_embeddings
+    assert config.head_dim == head_dim
+    assert count_parameters(config) == {"total": total, "non_embedding": non_embedding}
+
+
+def test_1b_and_217m_shapes():
+    big, small = llama_config("1b", 23277), llama_config("217m", 23277)
+    assert (big.num_hidden_layers, big.hidden_size, big.intermediate_size, big.num_attention_heads,
+            big.num_key_value_heads, big.rms_norm_eps, big.rope_theta) == (20, 2304, 4608, 16, 8, 1e-5, 500_000.0)
+    assert (small.num_hidden_layers, small.hidden_size, small.intermediate_size, small.num_attention_heads,
+            small.num_key_value_heads, small.rms_norm_eps, small.rope_theta) == (11, 1232, 2464, 8, 8, 1e-6, 10_000.0)
+
+
+def test_next_token_and_response_labels():
+    ids = torch.tensor([[2, 10, 11, 3, 0], [2, 12, 3, 0, 0]])
+    mask = (ids != 0).long()
+    assert next_token_labels(ids, mask).tolist() == [[10, 11, 3, IGNORE, IGNORE], [12, 3, IGNORE, IGNORE, IGNORE]]
+    prompt_length = torch.tensor([2, 1])
+    assert response_labels(ids, mask, prompt_length).tolist() == [[IGNORE, 11, 3, IGNORE, IGNORE],
+                                                                  [12, 3, IGNORE, IGNORE, IGNORE]]
+
+
+@pytest.fixture
+def vocab():
+    return Vocabulary.build([f"ENSG{i:011d}" for i in range(1, 6)], max_time=10)  # numeric values -10..9
+
+
+def numeric(vocab):
+    ids = torch.as_tensor(vocab.numeric_ids)
+    return ids, torch.as_tensor(vocab.numeric_values[vocab.numeric_ids], dtype=torch.float32)
+
+
+def test_time_between_cells_numeric_readout_loss(vocab):
+    ids, values = numeric(vocab)
+    logits = torch.full((1, 4, len(vocab)), -1e4)
+    logits[0, 2, ids] = 0.0  # uniform over the numeric tokens at <eoq> (position prompt_length - 1 = 2)
+    batch = dict(input_ids=torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                 prompt_length=torch.tensor([3]), task=torch.tensor([1]), timelapse=torch.tensor([3]))
+    parts = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
+                          additive_penalty=10.0)
+    expected_value = -0.5  # mean of -10..9
+    assert parts["time_between_cells"].item() == pytest.approx(((expected_value - 3) / 200) ** 2, rel=1e-5)
+    # half of the mass on a non-numeric token: the penalty counts, scaled by additive_penalty
+    logits[0, 2, 5] = math.log(len(ids))
+    for scalar, penalty in ((200.0, 10.0), (50.0, 2.0)):
+        parts = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=scalar,
+                              additive_penalty=penalty)
+        assert parts["time_between_cells"].item() == pytest.approx(((expected_value - 3) / scalar) ** 2 + penalty * 0.5,
+                                                                   rel=1e-5)
+
+
+def test_next_cell_loss_scores_only_the_response(vocab):
+    ids, values = numeric(vocab)
+    tokens = torch.tensor([[2, 4, 3, vocab.boq_id, vocab.time_token(2), vocab.eoq_id, 2, 5, 3]])
+    logits = torch.zeros(1, tokens.shape[1], len(vocab))
+    logits[0, torch.arange(5, 8), tokens[0, 6:9]] = 50.0  # perfect predictions of the response tokens only
+    batch = dict(input_ids=tokens, attention_mask=torch.ones_like(tokens), prompt_length=torch.tensor([6]),
+                 task=torch.tensor([0]), timelapse=torch.tensor([2]))
+    parts = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
+                          additive_penalty=10.0)
+    assert parts["next_cell"].item() < 1e-6 and "time_between_cells" not in parts
+    assert parts["total"].item() == parts["next_cell"].item()
+
+
+def test_mixed_batch_is_an_even_mix_and_cross_entropy_mode(vocab):
+    ids, values = numeric(vocab)
+    delta = vocab.time_token(2)
+    tokens = torch.tensor([[2, 4, 3, vocab.boq_id, 2, 5, 3, vocab.eoq_id, delta],
+                           [2, 4, 3, vocab.boq_id, delta, vocab.eoq_id, 2, 5, 3]])
+    logits = torch.randn(2, 9, len(vocab), generator=torch.Generator().manual_seed(0))
+    batch = dict(input_ids=tokens, attention_mask=torch.ones_like(tokens), prompt_length=torch.tensor([8, 6]),
+                 task=torch.tensor([1, 0]), timelapse=torch.tensor([2, 2]))
+    parts = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
+                          additive_penalty=10.0)
+    assert parts["total"].item() == pytest.approx((parts["next_cell"] + parts["time_between_cells"]).item() / 2)
+    ce = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
+                       additive_penalty=10.0, timelapse_loss="cross_entropy")
+    expected = torch.nn.functional.cross_entropy(logits[0, 7][None], torch.tensor([delta]))
+    assert ce["time_between_cells"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_pad_collator():
+    batch = PadCollator(pad_id=0)([{"input_ids": np.array([2, 9, 3], dtype=np.uint16), "task": 1},
+                                   {"input_ids": np.array([2, 3], dtype=np.uint16), "task": 0}])
+    assert batch["input_ids"].tolist() == [[2, 9, 3], [2, 3, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["task"].tolist() == [1, 0] and batch["input_ids"].dtype == torch.long

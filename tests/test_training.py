@@ -1,0 +1,125 @@
+"""Both training stages for real on CPU at tiny size, from the bundled example; recipe checks."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maxtoki.cli import main as cli_main
+from maxtoki.training import main as train_main
+from maxtoki.training import train_from_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+PRETRAIN = str(ROOT / "configs/pretrain/tiny-cpu.yaml")
+TEMPORAL = str(ROOT / "configs/temporal/tiny-cpu.yaml")
+
+
+def cli(*argv):
+    assert cli_main([str(a) for a in argv]) == 0
+
+
+@pytest.fixture(scope="module")
+def hsmm_data(tmp_path_factory, hsmm_path, hsmm_reference):
+    """HSMM cells cut to 128 tokens and paragraphs of up to 512 tokens (4 x 128), as in the demo."""
+    vocab, medians = hsmm_reference
+    root = tmp_path_factory.mktemp("train_data")
+    cli("data", "tokenize", hsmm_path, "--vocab", vocab, "--medians", medians, "--out", root / "cells",
+        "--allow-non-integer", "--min-expression", "0.1", "--time-column", "hours", "--model-input-size", 128)
+    cli("data", "paragraphs", root / "cells", "--out", root / "paragraphs", "--num-examples", 200,
+        "--max-seq-len", 512)
+    return {"vocab": str(vocab), "cells": str(root / "cells"), "paragraphs": str(root / "paragraphs")}
+
+
+def losses(trainer, key="loss/train/total"):
+    from composer.loggers import InMemoryLogger
+
+    logger = next(d for d in trainer.logger.destinations if isinstance(d, InMemoryLogger))
+    return np.array([float(value) for _, value in logger.data[key]])
+
+
+def common(tmp, name, batches):
+    return [f"variables.run_name={name}", f"save_folder={tmp / name}", f"max_duration={batches}ba",
+            f"eval_interval={batches}ba", f"save_interval={batches}ba", "loggers={inmemory: {}}",
+            "global_train_batch_size=8", "device_train_microbatch_size=8", "eval_subset_num_batches=2",
+            "console_log_interval=100ba"]
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, hsmm_data):
+    tmp = tmp_path_factory.mktemp("stage1")
+    trainer = train_from_recipe(PRETRAIN, [f"variables.data={hsmm_data['cells']}", f"variables.vocab={hsmm_data['vocab']}",
+                                           "max_seq_len=128", "optimizer.lr=0.01", *common(tmp, "p", 16)])
+    return trainer, tmp / "p" / "latest-rank0.pt"
+
+
+def test_stage1_trains_and_loss_falls(stage1):
+    trainer, checkpoint = stage1
+    values = losses(trainer)
+    assert len(values) == 16 and np.isfinite(values).all()
+    assert values[-4:].mean() < values[:4].mean() - 0.5
+    assert checkpoint.exists()
+    metrics = {k: float(v) for k, v in trainer.state.eval_metric_values.items()}
+    assert metrics["NextGeneCrossEntropy"] < np.log(29_000)
+    assert metrics["NextGenePerplexity"] == pytest.approx(np.exp(metrics["NextGeneCrossEntropy"]), rel=1e-4)
+
+
+def test_stage2_starts_from_stage1_and_loss_falls(tmp_path, stage1, hsmm_data):
+    _, checkpoint = stage1
+    args = [f"variables.data={hsmm_data['paragraphs']}", f"variables.vocab={hsmm_data['vocab']}",
+            f"variables.pretrained={checkpoint}", "max_seq_len=512",
+            "model.rope_scaling.original_max_position_embeddings=128"]
+    # with a learning rate of 0 the weights stay exactly the stage-1 weights: the checkpoint was loaded
+    frozen = train_from_recipe(TEMPORAL, [*args, "optimizer.lr=0", *common(tmp_path, "frozen", 1)])
+    stage1_weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"]
+    for name, value in frozen.state.model.state_dict().items():
+        assert torch.equal(value, stage1_weights[name]), name
+    assert frozen.state.model.model.config.rope_scaling["rope_type"] == "llama3"
+    trainer = train_from_recipe(TEMPORAL, [*args, "optimizer.lr=0.01", *common(tmp_path, "t", 16)])
+    values = losses(trainer)
+    assert len(values) == 16 and np.isfinite(values).all()
+    assert values[-4:].mean() < values[:4].mean()
+    assert np.isfinite(losses(trainer, "loss/train/time_between_cells")).all()
+    metrics = {k: float(v) for k, v in trainer.state.eval_metric_values.items()}
+    assert {"TimelapseMAE", "TimelapseMedianAE", "TimelapsePearson", "NextGeneCrossEntropy"} <= set(metrics)
+    assert 0 <= metrics["TimelapseMAE"] < 200
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.size=3b", "unknown model size '3b'"),
+    ("variables.data=/nowhere/cells", "/nowhere/cells: no such data"),
+    ("variables.vocab=/nowhere/vocab.json", "no such file"),
+])
+def test_bad_configuration_fails_fast(capsys, hsmm_data, override, message):
+    code = train_main([PRETRAIN, f"variables.data={hsmm_data['cells']}", f"variables.vocab={hsmm_data['vocab']}",
+                       override])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_vocabulary_mismatch_and_wrong_stage_fail_fast(capsys, tmp_path, hsmm_data, tiny_vocab):
+    tiny_vocab.save(tmp_path / "other.json")
+    assert train_main(["-f", PRETRAIN, f"variables.data={hsmm_data['cells']}",
+                       f"variables.vocab={tmp_path / 'other.json'}"]) == 2
+    assert "differs from model.vocab" in capsys.readouterr().err
+    assert train_main([PRETRAIN, f"variables.data={hsmm_data['paragraphs']}",
+                       f"variables.vocab={hsmm_data['vocab']}"]) == 2
+    assert "holds maxtoki.paragraphs data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("configs/*/*.yaml")
+                                          if p.parent.name in ("pretrain", "temporal")))
+def test_recipes_are_valid_llm_foundry_train_configs(recipe):
+    from llmfoundry.utils.config_utils import TRAIN_CONFIG_KEYS, TrainConfig, make_dataclass_and_log_config
+
+    from maxtoki.training import load_recipe
+
+    cfg = load_recipe(str(ROOT / recipe), [])
+    _, train_cfg = make_dataclass_and_log_config(cfg, TrainConfig, TRAIN_CONFIG_KEYS, transforms="all")
+    assert train_cfg.model["name"] in ("maxtoki_pretrain", "maxtoki_temporal")
+    if "cpu" not in recipe:
+        assert train_cfg.precision == "amp_bf16" and train_cfg.device_train_microbatch_size == "auto"
+        assert train_cfg.fsdp_config["sharding_strategy"] == "FULL_SHARD" and train_cfg.autoresume
+        assert {"speed_monitor", "lr_monitor", "memory_monitor", "runtime_estimator"} <= set(train_cfg.callbacks)
+        assert "wandb" in train_cfg.loggers and "gradient_clipping" in train_cfg.algorithms
+    json.dumps(train_cfg.model)  # plain data, loggable
