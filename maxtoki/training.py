@@ -9,6 +9,7 @@ vocabulary that does not match the data fails in seconds with a clear message, n
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -76,10 +77,33 @@ def check_recipe(cfg) -> None:
         raise MaxtokiError(f"load_path {load_path}: no such checkpoint")
 
 
+def remove_unfinished_checkpoints(save_folder: str) -> list[str]:
+    """Checkpoints newer than the one ``latest-rank0.pt`` points to were cut short by a crash (the link
+    moves only after a save completes); autoresume would refuse to run beside them, so they go."""
+    latest = Path(save_folder) / "latest-rank0.pt"
+    if not latest.is_symlink():
+        return []
+    match = re.search(r"ba(\d+)", os.readlink(latest))
+    if not match:
+        return []
+    removed = []
+    for path in Path(save_folder).glob("ep*-ba*-rank*.pt"):
+        batch = re.search(r"-ba(\d+)-", path.name)
+        if batch and int(batch.group(1)) > int(match.group(1)):
+            path.unlink()
+            removed.append(path.name)
+    if removed:
+        print(f"maxtoki: removed checkpoints of an interrupted save: {', '.join(sorted(removed))}", flush=True)
+    return removed
+
+
 def train_from_recipe(recipe: str, overrides: list[str] = ()):
     """Check and run a recipe; returns Composer's ``Trainer`` after training (for notebooks and tests)."""
     cfg = load_recipe(recipe, list(overrides))
     check_recipe(cfg)
+    save_folder = cfg.get("save_folder")
+    if cfg.get("autoresume") and save_folder and "://" not in str(save_folder):
+        remove_unfinished_checkpoints(str(save_folder))
     os.environ.setdefault("WANDB_MODE", "offline")
     import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
     from llmfoundry.command_utils import train

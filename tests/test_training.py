@@ -123,3 +123,37 @@ def test_recipes_are_valid_llm_foundry_train_configs(recipe):
         assert {"speed_monitor", "lr_monitor", "memory_monitor", "runtime_estimator"} <= set(train_cfg.callbacks)
         assert "wandb" in train_cfg.loggers and "gradient_clipping" in train_cfg.algorithms
     json.dumps(train_cfg.model)  # plain data, loggable
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, hsmm_data):
+    """SIGKILL mid-training, rerun the same command: autoresume ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(name):
+        return [sys.executable, str(ROOT / "scripts/train.py"), PRETRAIN, f"variables.data={hsmm_data['cells']}",
+                f"variables.vocab={hsmm_data['vocab']}", "max_seq_len=128", f"variables.run_name={name}",
+                f"save_folder={tmp_path / name}", "max_duration=40ba", "save_interval=4ba", "eval_interval=40ba",
+                "eval_subset_num_batches=1", "global_train_batch_size=8", "device_train_microbatch_size=8",
+                "save_num_checkpoints_to_keep=-1"]
+
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    subprocess.run(command("whole"), check=True, env=env, capture_output=True)
+    process = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "ep0-ba8-rank0.pt"  # 33 batches per epoch
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not (tmp_path / "killed" / "ep1-ba40-rank0.pt").exists()
+    resumed = subprocess.run(command("killed"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = torch.load(tmp_path / "whole" / "latest-rank0.pt", map_location="cpu", weights_only=False)
+    again = torch.load(tmp_path / "killed" / "latest-rank0.pt", map_location="cpu", weights_only=False)
+    assert os.readlink(tmp_path / "killed" / "latest-rank0.pt") == "ep1-ba40-rank0.pt"
+    for name, value in whole["state"]["model"].items():
+        assert torch.equal(value, again["state"]["model"][name]), name
