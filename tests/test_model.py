@@ -106,3 +106,24 @@ def test_pad_collator():
     assert batch["input_ids"].tolist() == [[2, 9, 3], [2, 3, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["task"].tolist() == [1, 0] and batch["input_ids"].dtype == torch.long
+
+
+def test_stage2_model_starts_from_a_hugging_face_directory(tmp_path, vocab):
+    from transformers import LlamaForCausalLM
+
+    from maxtoki.model.composer_model import MaxTokiTemporalModel
+    from maxtoki.model.sizes import llama_config
+
+    vocab.save(tmp_path / "vocab.json")
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config("tiny", len(vocab))).save_pretrained(tmp_path / "hf")
+    model = MaxTokiTemporalModel(size="tiny", vocab=str(tmp_path / "vocab.json"), pretrained=str(tmp_path / "hf"),
+                                 max_seq_len=1024, rope_scaling={"rope_type": "llama3", "factor": 4.0,
+                                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                                 "original_max_position_embeddings": 256})
+    saved = LlamaForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
+    for name, value in model.model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    assert model.model.config.max_position_embeddings == 1024
+    assert model.model.config.rope_scaling["factor"] == 4.0
+    assert model.model.config.maxtoki["label_scalar"] == 200.0
