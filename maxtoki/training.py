@@ -105,8 +105,9 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
     if cfg.get("autoresume") and save_folder and "://" not in str(save_folder):
         remove_unfinished_checkpoints(str(save_folder))
     os.environ.setdefault("WANDB_MODE", "offline")
-    import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
     from llmfoundry.command_utils import train
+
+    import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
 
     return train(cfg)
 
