@@ -49,8 +49,9 @@ def common(tmp, name, batches):
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory, hsmm_data):
     tmp = tmp_path_factory.mktemp("stage1")
-    trainer = train_from_recipe(PRETRAIN, [f"variables.data={hsmm_data['cells']}", f"variables.vocab={hsmm_data['vocab']}",
-                                           "max_seq_len=128", "optimizer.lr=0.01", *common(tmp, "p", 16)])
+    trainer = train_from_recipe(PRETRAIN, [f"variables.data={hsmm_data['cells']}",
+                                           f"variables.vocab={hsmm_data['vocab']}", "max_seq_len=128",
+                                           "optimizer.lr=0.01", *common(tmp, "p", 16)])
     return trainer, tmp / "p" / "latest-rank0.pt"
 
 
