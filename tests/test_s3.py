@@ -85,3 +85,17 @@ def test_paragraphs_from_s3_cells_to_s3(tmp_path, s3_server, hsmm_path, hsmm_ref
         assert np.array_equal(a["input_ids"], b["input_ids"]) and a["timelapse"] == b["timelapse"]
     keys = storage.list_keys("s3://maxtoki-test/runs/paragraphs")
     assert any(k.endswith("/blueprint.npz") for k in keys) and any(k.endswith("/manifest.json") for k in keys)
+
+
+def test_training_loaders_stream_from_s3(s3_server, tmp_path, hsmm_path, hsmm_reference):
+    from maxtoki.data.loaders import build_cells_loader
+
+    vocab, medians = hsmm_reference
+    cells = "s3://maxtoki-test/runs/loader-cells"
+    assert main(["data", "tokenize", str(hsmm_path), "--vocab", str(vocab), "--medians", str(medians),
+                 "--allow-non-integer", "--out", cells, "--model-input-size", "64"]) == 0
+    spec = build_cells_loader(dataset={"remote": cells, "vocab": str(vocab), "max_seq_len": 64, "shuffle": False,
+                                       "local": str(tmp_path / "cache")}, device_batch_size=8)
+    batches = list(spec.dataloader)
+    assert len(batches) == 271 // 8
+    assert batches[0]["input_ids"].shape == (8, 64) and spec.get_num_tokens_in_batch(batches[0]) == 8 * 64
