@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maxtoki", description="Temporal single-cell foundation model toolkit.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    export = commands.add_parser("export-hf", help="Composer checkpoint -> Hugging Face LlamaForCausalLM directory")
+    export.add_argument("--checkpoint", required=True, help="Composer checkpoint (.pt), local or s3://")
+    export.add_argument("--vocab", required=True, help="the vocabulary the model was trained with")
+    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument("--time-unit", default="unspecified", help="what one time token means, e.g. months")
+    export.set_defaults(handler=_run_export)
+
     data = commands.add_parser("data", help="prepare training data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
@@ -307,6 +314,14 @@ def _run_simulate(args) -> None:
     summary = simulate(args.out, options)
     print(f"simulated {summary['cells']:,} cells of {summary['donors']} donors ({summary['disease_donors']} with "
           f"the disease condition), {summary['genes']:,} genes -> {args.out}")
+
+
+def _run_export(args) -> None:
+    from maxtoki.inference.export import export_hf
+
+    out = export_hf(args.checkpoint, args.out, args.vocab, args.time_unit)
+    print(f"exported {args.checkpoint} -> {out} (LlamaForCausalLM.from_pretrained loads it; vocab.json and "
+          "maxtoki.json beside it)")
 
 
 def _run_inspect(args) -> None:

@@ -158,3 +158,25 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, hsmm_data):
     assert os.readlink(tmp_path / "killed" / "latest-rank0.pt") == "ep1-ba40-rank0.pt"
     for name, value in whole["state"]["model"].items():
         assert torch.equal(value, again["state"]["model"][name]), name
+
+
+def test_export_to_hugging_face_gives_identical_logits(tmp_path, stage1, hsmm_data):
+    from transformers import LlamaForCausalLM
+
+    trainer, checkpoint = stage1
+    assert cli_main(["export-hf", "--checkpoint", str(checkpoint), "--vocab", hsmm_data["vocab"],
+                     "--out", str(tmp_path / "hf"), "--time-unit", "hours"]) == 0
+    exported = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    composer_model = trainer.state.model.eval()
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 14, 3, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    with torch.no_grad():
+        expected = composer_model(batch)
+        logits = exported(**batch).logits
+    assert torch.equal(logits, expected)
+    metadata = json.loads((tmp_path / "hf" / "maxtoki.json").read_text())
+    assert metadata["time_unit"] == "hours" and metadata["objective"] == "pretrain"
+    assert metadata["special_tokens"]["<eoq>"] == len(json.loads((tmp_path / "hf" / "vocab.json").read_text())) - 1
+    assert metadata["numeric_tokens"][str(metadata["special_tokens"]["<boq>"] - 1)] == 1499
+    assert cli_main(["export-hf", "--checkpoint", str(tmp_path / "missing.pt"), "--vocab", hsmm_data["vocab"],
+                     "--out", str(tmp_path / "x")]) == 2

@@ -1,0 +1,71 @@
+"""Composer checkpoint -> Hugging Face directory that ``LlamaForCausalLM.from_pretrained`` loads.
+
+Beside the weights and ``config.json`` the directory holds ``vocab.json`` (the token dictionary)
+and ``maxtoki.json``: the numeric token map (token id -> time value), the TimeBetweenCells
+read-out settings (label_scalar, additive_penalty), the time unit and the RoPE scaling, so the
+model can be used without the recipe that trained it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from maxtoki.errors import MaxtokiError
+from maxtoki.vocab import Vocabulary
+
+METADATA_NAME = "maxtoki.json"
+VOCAB_NAME = "vocab.json"
+
+
+def load_composer_checkpoint(checkpoint: str):
+    """The ``LlamaForCausalLM`` (config and weights) inside a Composer checkpoint of a MaxToki model."""
+    import tempfile
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from maxtoki import storage
+
+    local = checkpoint
+    if storage.is_remote(checkpoint):
+        local = str(Path(tempfile.mkdtemp(prefix="maxtoki-ckpt-")) / Path(checkpoint).name)
+        storage.download_file(checkpoint, local)
+    elif not Path(checkpoint).exists():
+        raise MaxtokiError(f"{checkpoint}: no such checkpoint")
+    try:
+        state = torch.load(local, map_location="cpu", weights_only=False)["state"]
+        content = state["integrations"]["huggingface"]["model"]["config"]["content"]
+        weights = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
+        model = LlamaForCausalLM(LlamaConfig.from_dict(content))
+        model.load_state_dict(weights, strict=True)
+    except (KeyError, RuntimeError, EOFError, OSError, TypeError) as exc:
+        raise MaxtokiError(f"{checkpoint}: not a MaxToki Composer checkpoint, or damaged ({exc})") from None
+    return model.eval()
+
+
+def export_hf(checkpoint: str, out: str | Path, vocab_path: str | Path, time_unit: str = "unspecified") -> Path:
+    """Write the Hugging Face directory; refuses a vocabulary other than the model's."""
+    model = load_composer_checkpoint(checkpoint)
+    vocab = Vocabulary.load(vocab_path)
+    settings = dict(getattr(model.config, "maxtoki", {}) or {})
+    if settings.get("vocabulary_sha256") and settings["vocabulary_sha256"] != vocab.sha256:
+        raise MaxtokiError(f"{vocab_path}: not the vocabulary this model was trained with")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    vocab.save(out / VOCAB_NAME)
+    metadata = {
+        "objective": settings.get("objective"),
+        "label_scalar": settings.get("label_scalar"),
+        "additive_penalty": settings.get("additive_penalty"),
+        "timelapse_loss": settings.get("timelapse_loss"),
+        "time_unit": time_unit,
+        "rope_scaling": model.config.rope_scaling,
+        "max_position_embeddings": model.config.max_position_embeddings,
+        "vocabulary_sha256": vocab.sha256,
+        "special_tokens": {name: vocab.get(name) for name in ("<pad>", "<mask>", "<bos>", "<eos>", "<boq>", "<eoq>")},
+        "numeric_tokens": {str(int(i)): int(vocab.numeric_values[i]) for i in vocab.numeric_ids},
+    }
+    (out / METADATA_NAME).write_text(json.dumps(metadata, indent=1) + "\n")
+    return out
