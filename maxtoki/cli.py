@@ -35,6 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maxtoki", description="Temporal single-cell foundation model toolkit.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    predict = commands.add_parser("predict", help="ask a trained model")
+    predict_commands = predict.add_subparsers(dest="predict_command", required=True, metavar="COMMAND")
+    predict_time = predict_commands.add_parser("time", help="TimeBetweenCells: predicted time between cells")
+    predict_time.add_argument("--checkpoint", required=True, help="Composer checkpoint or Hugging Face directory")
+    predict_time.add_argument("--data", required=True, help="evaluation paragraphs (maxtoki data paragraphs --eval)")
+    predict_time.add_argument("--out", required=True, help="output directory")
+    predict_time.add_argument("--train-data", help="training paragraphs, for the baselines' means")
+    predict_time.add_argument("--batch-size", type=int, default=8)
+    predict_time.add_argument("--device", default="cpu", help="cpu or cuda")
+    predict_time.set_defaults(handler=_run_predict_time)
+
     export = commands.add_parser("export-hf", help="Composer checkpoint -> Hugging Face LlamaForCausalLM directory")
     export.add_argument("--checkpoint", required=True, help="Composer checkpoint (.pt), local or s3://")
     export.add_argument("--vocab", required=True, help="the vocabulary the model was trained with")
@@ -314,6 +325,16 @@ def _run_simulate(args) -> None:
     summary = simulate(args.out, options)
     print(f"simulated {summary['cells']:,} cells of {summary['donors']} donors ({summary['disease_donors']} with "
           f"the disease condition), {summary['genes']:,} genes -> {args.out}")
+
+
+def _run_predict_time(args) -> None:
+    from maxtoki.inference.predict_time import predict_time
+
+    metrics = predict_time(args.checkpoint, args.data, args.out, args.train_data, args.batch_size, args.device)
+    model, base = metrics["model"], metrics["baseline_training_mean"]
+    print(f"{metrics['examples']} TimeBetweenCells prompts: median |error| {model['median_absolute_error']:.2f} "
+          f"(training-mean baseline {base['median_absolute_error']:.2f}), MAE {model['mae']:.2f}, Pearson r "
+          f"{model['pearson_r']:.3f}; predictions.csv, metrics.json and predicted_vs_true.png in {args.out}")
 
 
 def _run_export(args) -> None:

@@ -66,18 +66,30 @@ def test_stage1_trains_and_loss_falls(stage1):
     assert metrics["NextGenePerplexity"] == pytest.approx(np.exp(metrics["NextGeneCrossEntropy"]), rel=1e-4)
 
 
-def test_stage2_starts_from_stage1_and_loss_falls(tmp_path, stage1, hsmm_data):
-    _, checkpoint = stage1
-    args = [f"variables.data={hsmm_data['paragraphs']}", f"variables.vocab={hsmm_data['vocab']}",
+def stage2_args(hsmm_data, checkpoint):
+    return [f"variables.data={hsmm_data['paragraphs']}", f"variables.vocab={hsmm_data['vocab']}",
             f"variables.pretrained={checkpoint}", "max_seq_len=512",
             "model.rope_scaling.original_max_position_embeddings=128"]
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory, stage1, hsmm_data):
+    tmp = tmp_path_factory.mktemp("stage2")
+    trainer = train_from_recipe(TEMPORAL, [*stage2_args(hsmm_data, stage1[1]), "optimizer.lr=0.01",
+                                           *common(tmp, "t", 16)])
+    return trainer, tmp / "t" / "latest-rank0.pt"
+
+
+def test_stage2_starts_from_stage1_and_loss_falls(tmp_path, stage1, stage2, hsmm_data):
+    _, checkpoint = stage1
     # with a learning rate of 0 the weights stay exactly the stage-1 weights: the checkpoint was loaded
-    frozen = train_from_recipe(TEMPORAL, [*args, "optimizer.lr=0", *common(tmp_path, "frozen", 1)])
+    frozen = train_from_recipe(TEMPORAL, [*stage2_args(hsmm_data, checkpoint), "optimizer.lr=0",
+                                          *common(tmp_path, "frozen", 1)])
     stage1_weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"]
     for name, value in frozen.state.model.state_dict().items():
         assert torch.equal(value, stage1_weights[name]), name
     assert frozen.state.model.model.config.rope_scaling["rope_type"] == "llama3"
-    trainer = train_from_recipe(TEMPORAL, [*args, "optimizer.lr=0.01", *common(tmp_path, "t", 16)])
+    trainer, _ = stage2
     values = losses(trainer)
     assert len(values) == 16 and np.isfinite(values).all()
     assert values[-4:].mean() < values[:4].mean()
@@ -180,3 +192,36 @@ def test_export_to_hugging_face_gives_identical_logits(tmp_path, stage1, hsmm_da
     assert metadata["numeric_tokens"][str(metadata["special_tokens"]["<boq>"] - 1)] == 1499
     assert cli_main(["export-hf", "--checkpoint", str(tmp_path / "missing.pt"), "--vocab", hsmm_data["vocab"],
                      "--out", str(tmp_path / "x")]) == 2
+
+
+def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
+    """Predictions of `maxtoki predict time` equal the model's read-out used in training and evaluation."""
+    import pandas as pd
+
+    from maxtoki.data.cell_store import CellStore
+    from maxtoki.model.losses import numeric_readout
+
+    _, checkpoint = stage2
+    cli("data", "paragraphs", hsmm_data["cells"], "--out", tmp_path / "eval", "--eval", "--num-examples", 40,
+        "--max-seq-len", 512, "--seed", 9)
+    assert cli_main(["predict", "time", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "eval"),
+                     "--out", str(tmp_path / "pred"), "--train-data", hsmm_data["paragraphs"]]) == 0
+    table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    examples = [e for e in CellStore(str(tmp_path / "eval")) if e["task"] == 1]
+    assert len(table) == len(examples) > 5
+    assert table["true_timelapse"].tolist() == [int(e["timelapse"]) for e in examples]
+    from maxtoki.inference.export import load_composer_checkpoint
+    from maxtoki.vocab import Vocabulary
+
+    model, vocab = load_composer_checkpoint(str(checkpoint)), Vocabulary.load(hsmm_data["vocab"])
+    ids = torch.as_tensor(examples[0]["prompt_ids"].astype(np.int64))[None]
+    with torch.no_grad():
+        expected, _ = numeric_readout(model(input_ids=ids).logits[:, -1], torch.as_tensor(vocab.numeric_ids),
+                                      torch.as_tensor(vocab.numeric_values[vocab.numeric_ids], dtype=torch.float32))
+    assert table["predicted_timelapse"][0] == pytest.approx(float(expected[0]), abs=1e-3)
+    metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
+    assert set(metrics["model"]) == {"mae", "median_absolute_error", "rmse", "pearson_r"}
+    assert metrics["baselines_from"] == hsmm_data["paragraphs"]
+    assert (tmp_path / "pred" / "predicted_vs_true.png").stat().st_size > 10_000
+    assert cli_main(["predict", "time", "--checkpoint", str(checkpoint), "--data", hsmm_data["paragraphs"],
+                     "--out", str(tmp_path / "x")]) == 2  # training layout: no prompts apart

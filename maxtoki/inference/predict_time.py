@@ -1,0 +1,143 @@
+"""TimeBetweenCells inference: one forward pass per prompt ending in ``<eoq>``.
+
+The softmax at ``<eoq>``, renormalized over the numeric tokens, gives the expected time (in time
+units) and its arg-max token. Results are scored against the truth and against two baselines
+that need no model: the training-mean Δ and the per-group mean Δ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from maxtoki.data.cell_store import CellStore
+from maxtoki.errors import MaxtokiError
+from maxtoki.vocab import Vocabulary
+
+
+def load_model(checkpoint: str, data_vocab: Vocabulary):
+    """A ``LlamaForCausalLM`` from a Hugging Face directory or a Composer checkpoint, checked against the data."""
+    from transformers import LlamaForCausalLM
+
+    from maxtoki.inference.export import load_composer_checkpoint
+
+    if (Path(checkpoint) / "config.json").exists():
+        model = LlamaForCausalLM.from_pretrained(checkpoint).eval()
+    else:
+        model = load_composer_checkpoint(checkpoint)
+    expected = (getattr(model.config, "maxtoki", None) or {}).get("vocabulary_sha256")
+    if expected and expected != data_vocab.sha256:
+        raise MaxtokiError(f"{checkpoint}: the model was trained with another vocabulary than the data's")
+    if model.config.vocab_size < len(data_vocab):
+        raise MaxtokiError(f"{checkpoint}: the model knows {model.config.vocab_size} tokens, the data uses "
+                           f"{len(data_vocab)}")
+    return model
+
+
+def timelapse_examples(data: str) -> tuple[list[dict], Vocabulary]:
+    store = CellStore(data)
+    if "prompt_ids" not in store.columns:
+        raise MaxtokiError(f"{data}: needs evaluation paragraphs (made with `maxtoki data paragraphs --eval`)")
+    vocab = Vocabulary.load(store.manifest["vocabulary"]["path"])
+    examples = [e for e in store if int(e["task"]) == 1]
+    if not examples:
+        raise MaxtokiError(f"{data}: holds no TimeBetweenCells examples")
+    for example in examples:
+        if example["prompt_ids"][-1] != vocab.eoq_id:
+            raise MaxtokiError(f"{data}: a prompt does not end with <eoq>; regenerate the paragraphs")
+    return examples, vocab
+
+
+def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8, device: str = "cpu"):
+    """Expected and arg-max timelapse of every example (arrays, time units)."""
+    import torch
+
+    limit = model.config.max_position_embeddings
+    too_long = [len(e["prompt_ids"]) for e in examples if len(e["prompt_ids"]) > limit]
+    if too_long:
+        raise MaxtokiError(f"{len(too_long)} prompts are longer ({max(too_long)} tokens) than the model's context "
+                           f"({limit}); make paragraphs with --max-seq-len {limit}")
+    model = model.to(device)
+    numeric_ids = torch.as_tensor(vocab.numeric_ids, device=device)
+    values = torch.as_tensor(vocab.numeric_values[vocab.numeric_ids], dtype=torch.float64, device=device)
+    expected, argmax = [], []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start:start + batch_size]
+            longest = max(len(e["prompt_ids"]) for e in batch)
+            ids = torch.full((len(batch), longest), vocab.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, example in enumerate(batch):
+                ids[row, :len(example["prompt_ids"])] = torch.as_tensor(example["prompt_ids"].astype(np.int64))
+                mask[row, :len(example["prompt_ids"])] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            last = mask.sum(dim=1) - 1
+            at_eoq = logits[torch.arange(len(batch)), last.to(device)][:, numeric_ids].double()
+            probabilities = torch.softmax(at_eoq, dim=-1)
+            expected.append((probabilities @ values).cpu().numpy())
+            argmax.append(values[probabilities.argmax(dim=-1)].cpu().numpy())
+    return np.concatenate(expected), np.concatenate(argmax)
+
+
+def scores(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    error = predicted - true
+    pearson = float(np.corrcoef(predicted, true)[0, 1]) if len(true) > 1 and predicted.std() > 0 else float("nan")
+    return {"mae": float(np.abs(error).mean()), "median_absolute_error": float(np.median(np.abs(error))),
+            "rmse": float(np.sqrt((error ** 2).mean())), "pearson_r": pearson}
+
+
+def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | None = None,
+                 batch_size: int = 8, device: str = "cpu") -> dict:
+    """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out``; returns the metrics."""
+    import pandas as pd
+
+    examples, vocab = timelapse_examples(data)
+    model = load_model(checkpoint, vocab)
+    expected, argmax = predict(model, examples, vocab, batch_size, device)
+    table = pd.DataFrame({"group": [str(e["group"]) for e in examples],
+                          "true_timelapse": [int(e["timelapse"]) for e in examples],
+                          "predicted_timelapse": expected, "argmax_timelapse": argmax.astype(int)})
+    reference = CellStore(train_data) if train_data else None
+    train = [e for e in reference if int(e["task"]) == 1] if reference else examples
+    train_deltas = pd.DataFrame({"group": [str(e["group"]) for e in train],
+                                 "timelapse": [float(e["timelapse"]) for e in train]})
+    mean = float(train_deltas["timelapse"].mean())
+    group_means = train_deltas.groupby("group")["timelapse"].mean()
+    true = table["true_timelapse"].to_numpy(dtype=float)
+    metrics = {
+        "examples": len(table),
+        "model": scores(expected, true),
+        "model_argmax": scores(argmax.astype(float), true),
+        "baseline_training_mean": scores(np.full(len(true), mean), true),
+        "baseline_group_mean": scores(table["group"].map(group_means).fillna(mean).to_numpy(dtype=float), true),
+        "baselines_from": train_data or f"{data} itself (no --train-data given: optimistic baselines)",
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "predictions.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _scatter(true, expected, metrics, out / "predicted_vs_true.png")
+    return metrics
+
+
+def _scatter(true: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(true, predicted, s=12, alpha=0.6)
+    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="grey", linewidth=1, label="perfect prediction")
+    model, base = metrics["model"], metrics["baseline_training_mean"]
+    ax.set_xlabel("true time between cells")
+    ax.set_ylabel("predicted (expected value)")
+    ax.set_title(f"MAE {model['mae']:.1f} (training-mean baseline {base['mae']:.1f}), r = {model['pearson_r']:.2f}",
+                 fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
