@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict_time.add_argument("--device", default="cpu", help="cpu or cuda")
     predict_time.set_defaults(handler=_run_predict_time)
 
+    embed = commands.add_parser("embed", help="one vector per cell -> obsm['X_maxtoki'] of an .h5ad")
+    embed.add_argument("--checkpoint", required=True, help="Composer checkpoint or Hugging Face directory")
+    embed.add_argument("--data", required=True, help="cell shards, or an .h5ad (needs a HF directory and --medians)")
+    embed.add_argument("--out", required=True, help="output .h5ad")
+    embed.add_argument("--medians", help="gene medians, to tokenize an .h5ad")
+    embed.add_argument("--gene-id-column", metavar="COL")
+    embed.add_argument("--allow-non-integer", action="store_true")
+    embed.add_argument("--min-expression", type=float, default=0.0, metavar="X")
+    embed.add_argument("--batch-size", type=int, default=16)
+    embed.add_argument("--device", default="cpu")
+    embed.set_defaults(handler=_run_embed)
+
     export = commands.add_parser("export-hf", help="Composer checkpoint -> Hugging Face LlamaForCausalLM directory")
     export.add_argument("--checkpoint", required=True, help="Composer checkpoint (.pt), local or s3://")
     export.add_argument("--vocab", required=True, help="the vocabulary the model was trained with")
@@ -335,6 +347,15 @@ def _run_predict_time(args) -> None:
     print(f"{metrics['examples']} TimeBetweenCells prompts: median |error| {model['median_absolute_error']:.2f} "
           f"(training-mean baseline {base['median_absolute_error']:.2f}), MAE {model['mae']:.2f}, Pearson r "
           f"{model['pearson_r']:.3f}; predictions.csv, metrics.json and predicted_vs_true.png in {args.out}")
+
+
+def _run_embed(args) -> None:
+    from maxtoki.inference.embed import EMBEDDING_KEY, embed
+
+    out = embed(args.checkpoint, args.data, args.out, medians=args.medians, gene_id_column=args.gene_id_column,
+                allow_non_integer=args.allow_non_integer, min_expression=args.min_expression,
+                batch_size=args.batch_size, device=args.device)
+    print(f"wrote {out} with obsm[{EMBEDDING_KEY!r}]; in scanpy: sc.pp.neighbors(adata, use_rep={EMBEDDING_KEY!r})")
 
 
 def _run_export(args) -> None:

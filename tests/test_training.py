@@ -225,3 +225,31 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     assert (tmp_path / "pred" / "predicted_vs_true.png").stat().st_size > 10_000
     assert cli_main(["predict", "time", "--checkpoint", str(checkpoint), "--data", hsmm_data["paragraphs"],
                      "--out", str(tmp_path / "x")]) == 2  # training layout: no prompts apart
+
+
+def test_embeddings_from_shards_and_from_h5ad_agree(tmp_path, hsmm_data, hsmm_path, hsmm_reference, stage1):
+    import anndata as ad
+
+    from maxtoki.data.cell_store import CellStore
+    from maxtoki.inference.embed import embed_tokens
+    from maxtoki.inference.export import load_composer_checkpoint
+    from maxtoki.vocab import Vocabulary
+
+    _, checkpoint = stage1
+    _, medians = hsmm_reference
+    cli("export-hf", "--checkpoint", checkpoint, "--vocab", hsmm_data["vocab"], "--out", tmp_path / "hf")
+    cli("embed", "--checkpoint", checkpoint, "--data", hsmm_data["cells"], "--out", tmp_path / "shards.h5ad")
+    cli("embed", "--checkpoint", tmp_path / "hf", "--data", hsmm_path, "--out", tmp_path / "direct.h5ad",
+        "--medians", medians, "--allow-non-integer", "--min-expression", 0.1)
+    from_shards, direct = ad.read_h5ad(tmp_path / "shards.h5ad"), ad.read_h5ad(tmp_path / "direct.h5ad")
+    assert from_shards.obsm["X_maxtoki"].shape == (271, 64) and direct.n_vars == 47192
+    assert list(from_shards.obs_names) == list(direct.obs_names)
+    assert np.allclose(from_shards.obsm["X_maxtoki"], direct.obsm["X_maxtoki"], atol=1e-5)
+    # the pooling: mean over gene tokens of the final hidden states
+    vocab = Vocabulary.load(hsmm_data["vocab"])
+    model = load_composer_checkpoint(str(checkpoint))
+    ids = torch.as_tensor(CellStore(hsmm_data["cells"])[0]["input_ids"].astype(np.int64))[None]
+    with torch.no_grad():
+        states = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+    assert np.allclose(states[1:-1].mean(dim=0).numpy(), from_shards.obsm["X_maxtoki"][0], atol=1e-5)
+    assert np.allclose(embed_tokens(model, [ids[0].numpy()], vocab)[0], from_shards.obsm["X_maxtoki"][0], atol=1e-6)
