@@ -46,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict_time.add_argument("--device", default="cpu", help="cpu or cuda")
     predict_time.set_defaults(handler=_run_predict_time)
 
+    generate = commands.add_parser("generate", help="NextCell: generate the cell expected after a time")
+    generate.add_argument("--checkpoint", required=True, help="Composer checkpoint or Hugging Face directory")
+    generate.add_argument("--data", required=True, help="evaluation paragraphs with NextCell prompts (--eval)")
+    generate.add_argument("--out", required=True, help="output directory (tokens.jsonl, generated_cells.h5ad)")
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--max-new-tokens", type=int, default=4096)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--batch-size", type=int, default=8)
+    generate.add_argument("--device", default="cpu")
+    generate.set_defaults(handler=_run_generate)
+
     embed = commands.add_parser("embed", help="one vector per cell -> obsm['X_maxtoki'] of an .h5ad")
     embed.add_argument("--checkpoint", required=True, help="Composer checkpoint or Hugging Face directory")
     embed.add_argument("--data", required=True, help="cell shards, or an .h5ad (needs a HF directory and --medians)")
@@ -347,6 +361,14 @@ def _run_predict_time(args) -> None:
     print(f"{metrics['examples']} TimeBetweenCells prompts: median |error| {model['median_absolute_error']:.2f} "
           f"(training-mean baseline {base['median_absolute_error']:.2f}), MAE {model['mae']:.2f}, Pearson r "
           f"{model['pearson_r']:.3f}; predictions.csv, metrics.json and predicted_vs_true.png in {args.out}")
+
+
+def _run_generate(args) -> None:
+    from maxtoki.inference.generate import Sampling, generate
+
+    sampling = Sampling(not args.sample, args.temperature, args.top_k, args.top_p, args.max_new_tokens, args.seed)
+    count = generate(args.checkpoint, args.data, args.out, sampling, args.batch_size, args.device)
+    print(f"generated {count} cells -> {args.out}/tokens.jsonl and {args.out}/generated_cells.h5ad")
 
 
 def _run_embed(args) -> None:
