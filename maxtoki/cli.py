@@ -31,6 +31,15 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
 
 
+def _add_model_options(parser: argparse.ArgumentParser, data_help: str, out_help: str, batch_size: int) -> None:
+    """Options every inference command shares: which model, which data, where to, and how."""
+    parser.add_argument("--checkpoint", required=True, help="Composer checkpoint (local or s3://) or HF directory")
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maxtoki", description="Temporal single-cell foundation model toolkit.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -38,38 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="ask a trained model")
     predict_commands = predict.add_subparsers(dest="predict_command", required=True, metavar="COMMAND")
     predict_time = predict_commands.add_parser("time", help="TimeBetweenCells: predicted time between cells")
-    predict_time.add_argument("--checkpoint", required=True, help="Composer checkpoint or Hugging Face directory")
-    predict_time.add_argument("--data", required=True, help="evaluation paragraphs (maxtoki data paragraphs --eval)")
-    predict_time.add_argument("--out", required=True, help="output directory")
+    _add_model_options(predict_time, "evaluation paragraphs (maxtoki data paragraphs --eval)", "output directory", 8)
     predict_time.add_argument("--train-data", help="training paragraphs, for the baselines' means")
-    predict_time.add_argument("--batch-size", type=int, default=8)
-    predict_time.add_argument("--device", default="cpu", help="cpu or cuda")
     predict_time.set_defaults(handler=_run_predict_time)
 
     generate = commands.add_parser("generate", help="NextCell: generate the cell expected after a time")
-    generate.add_argument("--checkpoint", required=True, help="Composer checkpoint or Hugging Face directory")
-    generate.add_argument("--data", required=True, help="evaluation paragraphs with NextCell prompts (--eval)")
-    generate.add_argument("--out", required=True, help="output directory (tokens.jsonl, generated_cells.h5ad)")
+    _add_model_options(generate, "evaluation paragraphs with NextCell prompts (--eval)",
+                       "output directory (tokens.jsonl, generated_cells.h5ad)", 8)
     generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--top-k", type=int, default=0)
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--max-new-tokens", type=int, default=4096)
     generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--batch-size", type=int, default=8)
-    generate.add_argument("--device", default="cpu")
     generate.set_defaults(handler=_run_generate)
 
     embed = commands.add_parser("embed", help="one vector per cell -> obsm['X_maxtoki'] of an .h5ad")
-    embed.add_argument("--checkpoint", required=True, help="Composer checkpoint or Hugging Face directory")
-    embed.add_argument("--data", required=True, help="cell shards, or an .h5ad (needs a HF directory and --medians)")
-    embed.add_argument("--out", required=True, help="output .h5ad")
+    _add_model_options(embed, "cell shards, or an .h5ad (needs a HF directory and --medians)", "output .h5ad", 16)
     embed.add_argument("--medians", help="gene medians, to tokenize an .h5ad")
     embed.add_argument("--gene-id-column", metavar="COL")
     embed.add_argument("--allow-non-integer", action="store_true")
     embed.add_argument("--min-expression", type=float, default=0.0, metavar="X")
-    embed.add_argument("--batch-size", type=int, default=16)
-    embed.add_argument("--device", default="cpu")
     embed.set_defaults(handler=_run_embed)
 
     export = commands.add_parser("export-hf", help="Composer checkpoint -> Hugging Face LlamaForCausalLM directory")

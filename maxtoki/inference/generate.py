@@ -134,19 +134,11 @@ def generate(checkpoint: str, data: str, out, sampling: Sampling = Sampling(), b
 
     import pandas as pd
 
-    from maxtoki.data.cell_store import CellStore
+    from maxtoki.data.blueprint import NEXT_CELL
     from maxtoki.errors import MaxtokiError
-    from maxtoki.inference.predict_time import load_model
+    from maxtoki.inference.predict_time import evaluation_prompts, load_model
 
-    store = CellStore(data)
-    if "prompt_ids" not in store.columns:
-        raise MaxtokiError(f"{data}: needs evaluation paragraphs (made with `maxtoki data paragraphs --eval`)")
-    vocab = Vocabulary.load(store.manifest["vocabulary"]["path"])
-    examples = [e for e in store if int(e["task"]) == 0]
-    if not examples:
-        raise MaxtokiError(f"{data}: holds no NextCell prompts")
-    if any(e["prompt_ids"][-1] != vocab.eoq_id for e in examples):
-        raise MaxtokiError(f"{data}: a prompt does not end with <eoq>; regenerate the paragraphs")
+    examples, vocab = evaluation_prompts(data, NEXT_CELL)
     model = load_model(checkpoint, vocab)
     limit = model.config.max_position_embeddings
     if max(len(e["prompt_ids"]) for e in examples) + 1 > limit:

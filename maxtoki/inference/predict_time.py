@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maxtoki.data.blueprint import TASK_NAMES, TIME_BETWEEN_CELLS
 from maxtoki.data.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import Vocabulary
@@ -36,17 +37,17 @@ def load_model(checkpoint: str, data_vocab: Vocabulary):
     return model
 
 
-def timelapse_examples(data: str) -> tuple[list[dict], Vocabulary]:
+def evaluation_prompts(data: str, task: int) -> tuple[list[dict], Vocabulary]:
+    """The examples of one task (1 TimeBetweenCells, 0 NextCell) of evaluation paragraphs, checked."""
     store = CellStore(data)
     if "prompt_ids" not in store.columns:
         raise MaxtokiError(f"{data}: needs evaluation paragraphs (made with `maxtoki data paragraphs --eval`)")
     vocab = Vocabulary.load(store.manifest["vocabulary"]["path"])
-    examples = [e for e in store if int(e["task"]) == 1]
+    examples = [e for e in store if int(e["task"]) == task]
     if not examples:
-        raise MaxtokiError(f"{data}: holds no TimeBetweenCells examples")
-    for example in examples:
-        if example["prompt_ids"][-1] != vocab.eoq_id:
-            raise MaxtokiError(f"{data}: a prompt does not end with <eoq>; regenerate the paragraphs")
+        raise MaxtokiError(f"{data}: holds no {TASK_NAMES[task]} examples")
+    if any(e["prompt_ids"][-1] != vocab.eoq_id for e in examples):
+        raise MaxtokiError(f"{data}: a prompt does not end with <eoq>; regenerate the paragraphs")
     return examples, vocab
 
 
@@ -93,7 +94,7 @@ def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | 
     """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out``; returns the metrics."""
     import pandas as pd
 
-    examples, vocab = timelapse_examples(data)
+    examples, vocab = evaluation_prompts(data, TIME_BETWEEN_CELLS)
     model = load_model(checkpoint, vocab)
     expected, argmax = predict(model, examples, vocab, batch_size, device)
     table = pd.DataFrame({"group": [str(e["group"]) for e in examples],
