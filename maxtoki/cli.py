@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--time-unit", default="unspecified", help="what one time token means, e.g. months")
     export.set_defaults(handler=_run_export)
 
+    imported = commands.add_parser("import-hf", help="LlamaForCausalLM directory (e.g. released weights) -> MaxToki")
+    imported.add_argument("source", metavar="HF_DIR", help="a LlamaForCausalLM directory (save_pretrained)")
+    imported.add_argument("--vocab", help="its token dictionary, JSON or pickle (default: one inside HF_DIR)")
+    imported.add_argument("--out", required=True, help="output directory")
+    imported.add_argument("--time-unit", default="months", help="what one time token means (released: months)")
+    imported.add_argument("--label-scalar", type=float, default=200.0, help="TimeBetweenCells read-out scale")
+    imported.add_argument("--additive-penalty", type=float, default=10.0)
+    imported.add_argument("--timelapse-loss", choices=("numeric", "cross_entropy"), default="numeric")
+    imported.set_defaults(handler=_run_import)
+
     data = commands.add_parser("data", help="prepare training data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
@@ -140,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     paragraphs.add_argument("--holdout-groups", nargs="+", default=[], metavar="GROUP")
     paragraphs.add_argument("--holdout-values", nargs="+", default=[], metavar="COL=VALUE",
                             help="hold out every cell with this value (e.g. an unseen cell type)")
+    paragraphs.add_argument("--holdout-fraction", type=float, default=0.0, metavar="F",
+                            help="hold out this share of the cells of every group and time (one time course)")
     paragraphs.add_argument("--blueprint", metavar="NPZ", help="rebuild exactly from a saved blueprint")
     paragraphs.add_argument("--workers", type=int, default=1, metavar="N")
     paragraphs.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -314,6 +326,7 @@ def _run_paragraphs(args) -> None:
                                  split=parse_split(args.split) if args.split else None,
                                  holdout_groups=tuple(args.holdout_groups),
                                  holdout_values=tuple(parse_holdout_values(args.holdout_values)),
+                                 holdout_fraction=args.holdout_fraction,
                                  blueprint_path=args.blueprint, workers=args.workers, overwrite=args.overwrite)
     for name, manifest in manifests.items():
         where = args.out if name == "all" else f"{args.out.rstrip('/')}/{name}"
@@ -386,6 +399,15 @@ def _run_export(args) -> None:
           "maxtoki.json beside it)")
 
 
+def _run_import(args) -> None:
+    from maxtoki.inference.import_hf import import_hf
+
+    out = import_hf(args.source, args.out, args.vocab, args.time_unit, args.label_scalar, args.additive_penalty,
+                    args.timelapse_loss)
+    print(f"imported {args.source} -> {out}; give it to predict time, generate and embed as --checkpoint {out}, "
+          f"and to stage-2 training as model.pretrained={out} load_path=null")
+
+
 def _run_inspect(args) -> None:
     from maxtoki.data.inspect import describe_shards
 
@@ -393,10 +415,14 @@ def _run_inspect(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from maxtoki.runtime import keep_freed_memory
+
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = _apply_config(parser, argv)
+        if args.command in ("predict", "generate", "embed", "export-hf", "import-hf"):
+            keep_freed_memory()
         args.handler(args)
     except MaxtokiError as exc:
         print(f"maxtoki: error: {exc}", file=sys.stderr)

@@ -72,6 +72,10 @@ def check_recipe(cfg) -> None:
         if manifest.get("vocabulary", {}).get("sha256") != vocab.sha256:
             raise MaxtokiError(f"{key}: {location} was made with the vocabulary {manifest['vocabulary']['path']}, "
                                f"which differs from model.vocab {vocab_path}")
+    if model.get("pretrained"):
+        from maxtoki.model.builders import check_pretrained_vocabulary
+
+        check_pretrained_vocabulary(str(model["pretrained"]), vocab, vocab_path)
     load_path = cfg.get("load_path")
     if load_path and "://" not in str(load_path) and not Path(str(load_path)).exists():
         raise MaxtokiError(f"load_path {load_path}: no such checkpoint")
@@ -97,6 +101,20 @@ def remove_unfinished_checkpoints(save_folder: str) -> list[str]:
     return removed
 
 
+EXPECTED_WARNINGS = ("The tokenizer was not provided", "The shift_labels argument was set to False")
+
+
+def quiet_expected_warnings() -> None:
+    """Silence warnings that describe this design, not a problem: genes are tokens already (no
+    tokenizer), the losses shift labels themselves, and llm-foundry imports pkg_resources."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    logging.getLogger("composer.models.huggingface").addFilter(
+        lambda record: not record.getMessage().startswith(EXPECTED_WARNINGS))
+
+
 def train_from_recipe(recipe: str, overrides: list[str] = ()):
     """Check and run a recipe; returns Composer's ``Trainer`` after training (for notebooks and tests)."""
     cfg = load_recipe(recipe, list(overrides))
@@ -105,6 +123,7 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
     if cfg.get("autoresume") and save_folder and "://" not in str(save_folder):
         remove_unfinished_checkpoints(str(save_folder))
     os.environ.setdefault("WANDB_MODE", "offline")
+    quiet_expected_warnings()
     from llmfoundry.command_utils import train
 
     import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
@@ -113,6 +132,9 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
 
 
 def main(argv: list[str]) -> int:
+    from maxtoki.runtime import keep_freed_memory
+
+    keep_freed_memory()
     try:
         train_from_recipe(*parse_arguments(argv))
     except MaxtokiError as exc:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from maxtoki.data.loaders import PadCollator
-from maxtoki.model.losses import IGNORE, next_token_labels, response_labels, temporal_loss
+from maxtoki.model.losses import IGNORE, gather_scored, next_token_labels, response_labels, scored_labels, temporal_loss
 from maxtoki.model.sizes import count_parameters, llama_config
 from maxtoki.vocab import Vocabulary
 
@@ -46,6 +46,11 @@ def vocab():
     return Vocabulary.build([f"ENSG{i:011d}" for i in range(1, 6)], max_time=10)  # numeric values -10..9
 
 
+def stage2_loss(logits, batch, **settings):
+    labels, readout = scored_labels(batch, "temporal")
+    return temporal_loss(gather_scored(logits, labels, readout), batch["timelapse"], **settings)
+
+
 def numeric(vocab):
     ids = torch.as_tensor(vocab.numeric_ids)
     return ids, torch.as_tensor(vocab.numeric_values[vocab.numeric_ids], dtype=torch.float32)
@@ -57,15 +62,15 @@ def test_time_between_cells_numeric_readout_loss(vocab):
     logits[0, 2, ids] = 0.0  # uniform over the numeric tokens at <eoq> (position prompt_length - 1 = 2)
     batch = dict(input_ids=torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 4, dtype=torch.long),
                  prompt_length=torch.tensor([3]), task=torch.tensor([1]), timelapse=torch.tensor([3]))
-    parts = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
-                          additive_penalty=10.0)
+    parts = stage2_loss(logits, batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
+                        additive_penalty=10.0)
     expected_value = -0.5  # mean of -10..9
     assert parts["time_between_cells"].item() == pytest.approx(((expected_value - 3) / 200) ** 2, rel=1e-5)
     # half of the mass on a non-numeric token: the penalty counts, scaled by additive_penalty
     logits[0, 2, 5] = math.log(len(ids))
     for scalar, penalty in ((200.0, 10.0), (50.0, 2.0)):
-        parts = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=scalar,
-                              additive_penalty=penalty)
+        parts = stage2_loss(logits, batch, numeric_ids=ids, numeric_values=values, label_scalar=scalar,
+                            additive_penalty=penalty)
         assert parts["time_between_cells"].item() == pytest.approx(((expected_value - 3) / scalar) ** 2 + penalty * 0.5,
                                                                    rel=1e-5)
 
@@ -77,8 +82,8 @@ def test_next_cell_loss_scores_only_the_response(vocab):
     logits[0, torch.arange(5, 8), tokens[0, 6:9]] = 50.0  # perfect predictions of the response tokens only
     batch = dict(input_ids=tokens, attention_mask=torch.ones_like(tokens), prompt_length=torch.tensor([6]),
                  task=torch.tensor([0]), timelapse=torch.tensor([2]))
-    parts = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
-                          additive_penalty=10.0)
+    parts = stage2_loss(logits, batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
+                        additive_penalty=10.0)
     assert parts["next_cell"].item() < 1e-6 and "time_between_cells" not in parts
     assert parts["total"].item() == parts["next_cell"].item()
 
@@ -91,13 +96,52 @@ def test_mixed_batch_is_an_even_mix_and_cross_entropy_mode(vocab):
     logits = torch.randn(2, 9, len(vocab), generator=torch.Generator().manual_seed(0))
     batch = dict(input_ids=tokens, attention_mask=torch.ones_like(tokens), prompt_length=torch.tensor([8, 6]),
                  task=torch.tensor([1, 0]), timelapse=torch.tensor([2, 2]))
-    parts = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
-                          additive_penalty=10.0)
+    parts = stage2_loss(logits, batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
+                        additive_penalty=10.0)
     assert parts["total"].item() == pytest.approx((parts["next_cell"] + parts["time_between_cells"]).item() / 2)
-    ce = temporal_loss(logits, **batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
-                       additive_penalty=10.0, timelapse_loss="cross_entropy")
+    ce = stage2_loss(logits, batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
+                     additive_penalty=10.0, timelapse_loss="cross_entropy")
     expected = torch.nn.functional.cross_entropy(logits[0, 7][None], torch.tensor([delta]))
     assert ce["time_between_cells"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["pretrain", "temporal"])
+def test_the_output_layer_runs_only_on_scored_positions(vocab, objective):
+    from transformers import LlamaForCausalLM
+
+    from maxtoki.model.composer_model import MaxTokiModel
+    from maxtoki.model.sizes import llama_config
+
+    torch.manual_seed(0)
+    backbone = LlamaForCausalLM(llama_config("tiny", len(vocab), max_position_embeddings=16)).eval()
+    model = MaxTokiModel(backbone, vocab, objective)
+    delta = vocab.time_token(2)
+    tokens = torch.tensor([[2, 4, 3, vocab.boq_id, 2, 5, 3, vocab.eoq_id, delta],
+                           [2, 4, 3, vocab.boq_id, delta, vocab.eoq_id, 2, 5, 0]])
+    batch = dict(input_ids=tokens, attention_mask=(tokens != 0).long(), prompt_length=torch.tensor([8, 6]),
+                 task=torch.tensor([1, 0]), timelapse=torch.tensor([2, 2]))
+    with torch.no_grad():
+        scored = model(batch)
+        full = backbone(input_ids=tokens, attention_mask=batch["attention_mask"]).logits
+    expected = gather_scored(full, *scored_labels(batch, objective))
+    if objective == "pretrain":  # every real token but the last of each row
+        assert scored.rows.tolist() == [0] * 8 + [1] * 7
+    else:  # the <eoq> of row 0, the response of row 1 (<eoq> -> <bos>, <bos> -> 5, 5 -> ... cut by padding)
+        assert scored.rows.tolist() == [0, 1, 1] and scored.readout.tolist() == [True, False, False]
+        assert scored.labels.tolist() == [delta, 2, 5]
+    torch.testing.assert_close(scored.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(scored.labels, expected.labels) and torch.equal(scored.readout, expected.readout)
+    with torch.no_grad():
+        loss = model.loss(scored, batch)
+    if objective == "pretrain":
+        labels = next_token_labels(tokens, batch["attention_mask"])
+        reference = torch.nn.functional.cross_entropy(full.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    else:
+        ids, values = numeric(vocab)
+        reference = stage2_loss(full, batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
+                                additive_penalty=10.0)
+        assert loss["total"].item() == pytest.approx(reference["total"].item(), rel=1e-5)
 
 
 def test_pad_collator():

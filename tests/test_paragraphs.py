@@ -198,6 +198,30 @@ def test_splits_hold_whole_groups_and_holdouts(tmp_path, simulated_cells):
     assert example["times"].tolist() == to_time_units(np.array(ages), 0.1).tolist()
 
 
+def test_holdout_fraction_splits_one_time_course_by_cells(tmp_path, hsmm_cells):
+    cells, _ = hsmm_cells
+    out = tmp_path / "p"
+    cli("data", "paragraphs", cells, "--out", out, "--num-examples", 300, "--holdout-fraction", 0.2,
+        "--min-timepoints", 2, "--max-timepoints", 2)
+    stage1 = CellStore(str(cells))
+    times = np.array([stage1[i]["time"] for i in range(len(stage1))])
+    used = {name: {int(i) for e in CellStore(str(out / name)) for i in e["cell_indices"]}
+            for name in ("train", "holdout")}
+    assert used["train"].isdisjoint(used["holdout"])
+    held_per_time = {t: sum(times[i] == t for i in used["holdout"]) for t in (0, 24, 48, 72)}
+    per_time = {t: int((times == t).sum()) for t in (0, 24, 48, 72)}  # 69, 74, 79, 49 cells
+    assert all(held_per_time[t] <= round(0.2 * per_time[t]) for t in per_time)  # a fifth of every time point
+    from maxtoki.data.cell_store import build_cell_index
+    from maxtoki.data.paragraph_build import _random_cells
+
+    held = _random_cells(build_cell_index(stage1), 0.2, seed=0)
+    assert {t: int(held[times == t].sum()) for t in per_time} == {0: 14, 24: 15, 48: 16, 72: 10}
+    assert used["holdout"] <= set(np.flatnonzero(held).tolist())
+    assert len(CellStore(str(out / "holdout"))) == pytest.approx(60, abs=3)  # examples by share of cells
+    assert json.loads((out / "splits.json").read_text())["holdout_fraction"] == 0.2
+    assert main(["data", "paragraphs", str(cells), "--out", str(tmp_path / "q"), "--holdout-fraction", "1.5"]) == 2
+
+
 def test_holdout_groups_and_a_split_too_fine_for_the_groups(capsys, tmp_path, simulated_cells, hsmm_cells):
     cli("data", "paragraphs", simulated_cells, "--out", tmp_path / "h", "--num-examples", 50, "--time-scale", 0.1,
         "--holdout-groups", "donor003", "donor007")

@@ -183,7 +183,7 @@ def test_export_to_hugging_face_gives_identical_logits(tmp_path, stage1, hsmm_da
     ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 14, 3, 0]])
     batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
     with torch.no_grad():
-        expected = composer_model(batch)
+        expected = composer_model.model(**batch).logits
         logits = exported(**batch).logits
     assert torch.equal(logits, expected)
     metadata = json.loads((tmp_path / "hf" / "maxtoki.json").read_text())
@@ -225,6 +225,75 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     assert (tmp_path / "pred" / "predicted_vs_true.png").stat().st_size > 10_000
     assert cli_main(["predict", "time", "--checkpoint", str(checkpoint), "--data", hsmm_data["paragraphs"],
                      "--out", str(tmp_path / "x")]) == 2  # training layout: no prompts apart
+
+
+def _rewrite_paragraphs(source, out, change):
+    """A copy of paragraph shards with ``change`` applied to every sample (to make broken inputs)."""
+    import shutil
+
+    from streaming import MDSWriter
+
+    from maxtoki.data.cell_store import CellStore
+
+    shard = json.loads((Path(source) / "index.json").read_text())["shards"][0]
+    columns = dict(zip(shard["column_names"], shard["column_encodings"]))
+    with MDSWriter(out=str(out), columns=columns) as writer:
+        for sample in CellStore(str(source)):
+            writer.write(change(dict(sample)))
+    shutil.copy(Path(source) / "manifest.json", Path(out) / "manifest.json")
+
+
+def test_inference_refuses_bad_input_with_clear_messages(tmp_path, capsys, hsmm_data, hsmm_path, hsmm_reference,
+                                                         stage2):
+    _, checkpoint = stage2
+    _, medians = hsmm_reference
+    cli("data", "paragraphs", hsmm_data["cells"], "--out", tmp_path / "eval", "--eval", "--num-examples", 8,
+        "--max-seq-len", 512, "--seed", 2)
+
+    def refused(*argv):
+        code = cli_main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        return err
+
+    # data made with another vocabulary than the model's
+    cli("data", "vocab", "--medians", medians, "--out", tmp_path / "other.json", "--max-time", 100)
+    cli("data", "tokenize", hsmm_path, "--vocab", tmp_path / "other.json", "--medians", medians, "--out",
+        tmp_path / "other-cells", "--allow-non-integer", "--min-expression", "0.1", "--time-column", "hours",
+        "--model-input-size", 64)
+    cli("data", "paragraphs", tmp_path / "other-cells", "--out", tmp_path / "other-eval", "--eval",
+        "--num-examples", 4, "--max-seq-len", 256)
+    for command in (["predict", "time"], ["generate"]):
+        assert "another vocabulary than the data" in refused(*command, "--checkpoint", checkpoint, "--data",
+                                                             tmp_path / "other-eval", "--out", tmp_path / "x")
+    assert "another vocabulary" in refused("embed", "--checkpoint", checkpoint, "--data", tmp_path / "other-cells",
+                                           "--out", tmp_path / "x.h5ad")
+    # prompts that do not end with <eoq>
+    _rewrite_paragraphs(tmp_path / "eval", tmp_path / "no-eoq", lambda s: {**s, "prompt_ids": s["prompt_ids"][:-1]})
+    assert "does not end with <eoq>" in refused("predict", "time", "--checkpoint", checkpoint, "--data",
+                                                tmp_path / "no-eoq", "--out", tmp_path / "x")
+    # prompts longer than the model's context
+    cli("export-hf", "--checkpoint", checkpoint, "--vocab", hsmm_data["vocab"], "--out", tmp_path / "short")
+    config = json.loads((tmp_path / "short" / "config.json").read_text())
+    (tmp_path / "short" / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
+    for command in (["predict", "time"], ["generate"]):
+        assert "longer" in refused(*command, "--checkpoint", tmp_path / "short", "--data", tmp_path / "eval",
+                                   "--out", tmp_path / "x")
+    # nothing to ask: no examples of the task, an empty or missing data set
+    cli("data", "paragraphs", hsmm_data["cells"], "--out", tmp_path / "next-only", "--eval", "--num-examples", 4,
+        "--max-seq-len", 512, "--task-ratio", 0)
+    assert "holds no TimeBetweenCells examples" in refused("predict", "time", "--checkpoint", checkpoint, "--data",
+                                                           tmp_path / "next-only", "--out", tmp_path / "x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "index.json").write_text(json.dumps({"version": 2, "shards": []}))
+    for command in (["predict", "time"], ["generate"]):
+        assert "the data set is empty" in refused(*command, "--checkpoint", checkpoint, "--data", tmp_path / "empty",
+                                                  "--out", tmp_path / "x")
+    assert "not a directory of MDS shards" in refused("predict", "time", "--checkpoint", checkpoint, "--data",
+                                                      tmp_path / "nowhere", "--out", tmp_path / "x")
+    assert "no such" in refused("embed", "--checkpoint", tmp_path / "missing.pt", "--data", hsmm_data["cells"],
+                                "--out", tmp_path / "x.h5ad")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.h5ad").exists()
 
 
 def test_embeddings_from_shards_and_from_h5ad_agree(tmp_path, hsmm_data, hsmm_path, hsmm_reference, stage1):

@@ -30,7 +30,7 @@ class CellStore:
         index = json.loads(self._read_small(INDEX_NAME))
         self._shards = index["shards"]
         if not self._shards:
-            raise MaxtokiError(f"{self.location}: the shard index lists no shards")
+            raise MaxtokiError(f"{self.location}: the data set is empty (its shard index lists no shards)")
         counts = np.array([shard["samples"] for shard in self._shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
         self._readers: dict[int, object] = {}

@@ -96,10 +96,11 @@ def write_paragraph_shards(blueprint: Blueprint, cells: str, vocab: Vocabulary, 
     return manifest
 
 
-def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: ParagraphOptions = ParagraphOptions(), *,
-                     group_columns: tuple[str, ...] = (), split: dict[str, float] | None = None,
+def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: ParagraphOptions = ParagraphOptions(),
+                     *, group_columns: tuple[str, ...] = (), split: dict[str, float] | None = None,
                      holdout_groups: tuple[str, ...] = (), holdout_values: tuple[tuple[str, str], ...] = (),
-                     blueprint_path: str | None = None, workers: int = 1, overwrite: bool = False) -> dict:
+                     holdout_fraction: float = 0.0, blueprint_path: str | None = None, workers: int = 1,
+                     overwrite: bool = False) -> dict:
     """Sample (or rebuild from a blueprint) and write paragraph shards; returns manifests by split.
 
     Without ``vocab_path`` the vocabulary named in the cells' manifest is used.
@@ -125,7 +126,7 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
     write = dict(vocab=vocab, cells=cells, options=options, overwrite=overwrite, workers=workers,
                  cache_dir=cache_dir)
     if blueprint_path:
-        if split or holdout_groups or holdout_values:
+        if split or holdout_groups or holdout_values or holdout_fraction:
             raise MaxtokiError("--blueprint rebuilds one output as it was; it does not take split options")
         blueprint = Blueprint.load(blueprint_path)
         if len(blueprint) and int(blueprint.cell_indices.max()) >= len(store):
@@ -134,8 +135,8 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
         return {"all": write_paragraph_shards(blueprint, out=out, manifest_extra=extra, **write)}
 
     index = build_cell_index(store, group_columns)
-    subsets = _subsets(index, store, split, holdout_groups, holdout_values, options.seed)
-    if split is None and not holdout_groups and not holdout_values:
+    subsets = _subsets(index, store, split, holdout_groups, holdout_values, holdout_fraction, options.seed)
+    if len(subsets) == 1 and "all" in subsets:
         blueprint, counts = sample_blueprint(index, subsets["all"][0], vocab, options,
                                              np.random.default_rng(options.seed))
         return {"all": write_paragraph_shards(blueprint, out=out, manifest_extra={**source, "counts": counts},
@@ -151,11 +152,12 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
         manifests[name] = write_paragraph_shards(blueprint, out=f"{str(out).rstrip('/')}/{name}", manifest_extra=extra,
                                                  **{**write, "options": split_options})
     _write_splits_file(out, {name: groups for name, (_, groups) in subsets.items()}, split, holdout_groups,
-                       holdout_values, options.seed)
+                       holdout_values, holdout_fraction, options.seed)
     return manifests
 
 
-def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_values, seed: int) -> dict:
+def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_values, holdout_fraction: float,
+             seed: int) -> dict:
     """Cells (indices) and group names of each split; held-out cells and groups form their own split."""
     all_cells = np.arange(len(index))
     held = np.zeros(len(index), dtype=bool)
@@ -166,6 +168,8 @@ def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_
         held |= index.group_codes == index.group_names.index(group)
     for column, value in holdout_values:
         held |= _column_values(store, column) == value
+    if holdout_fraction:
+        held |= _random_cells(index, holdout_fraction, seed)
     subsets = {}
     remaining = all_cells[~held]
     if split:
@@ -182,9 +186,23 @@ def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_
             remaining, sorted({index.group_names[c] for c in index.group_codes[remaining]}))
     if held.any():
         subsets[HOLDOUT] = (all_cells[held], sorted({index.group_names[c] for c in index.group_codes[held]}))
-    elif holdout_groups or holdout_values:
+    elif holdout_groups or holdout_values or holdout_fraction:
         raise MaxtokiError("the hold-out options match no cell")
     return subsets
+
+
+def _random_cells(index: CellIndex, fraction: float, seed: int) -> np.ndarray:
+    """A seeded share of the cells of every (group, time), so that one time course can still be split."""
+    if not 0 < fraction < 1:
+        raise MaxtokiError(f"--holdout-fraction {fraction:g}: give a fraction between 0 and 1")
+    rng = np.random.default_rng([seed, 1])
+    held = np.zeros(len(index), dtype=bool)
+    buckets = np.stack([index.group_codes.astype(np.float64), index.times])
+    _, bucket_of = np.unique(buckets, axis=1, return_inverse=True)
+    for bucket in range(int(bucket_of.max()) + 1):
+        members = np.flatnonzero(bucket_of == bucket)
+        held[rng.permutation(members)[:round(fraction * len(members))]] = True
+    return held
 
 
 def _column_values(store: CellStore, column: str) -> np.ndarray:
@@ -194,9 +212,11 @@ def _column_values(store: CellStore, column: str) -> np.ndarray:
     return np.array([str(sample[column]) for sample in store], dtype=object)
 
 
-def _write_splits_file(out: str, groups: dict[str, list[str]], split, holdout_groups, holdout_values, seed) -> None:
+def _write_splits_file(out: str, groups: dict[str, list[str]], split, holdout_groups, holdout_values,
+                       holdout_fraction: float, seed) -> None:
     payload = json.dumps({"seed": seed, "split": split, "holdout_groups": list(holdout_groups),
-                          "holdout_values": [f"{c}={v}" for c, v in holdout_values], "groups": groups},
+                          "holdout_values": [f"{c}={v}" for c, v in holdout_values],
+                          "holdout_fraction": holdout_fraction, "groups": groups},
                          indent=2).encode()
     target = f"{str(out).rstrip('/')}/{SPLITS_NAME}"
     if storage.is_remote(target):

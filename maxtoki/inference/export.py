@@ -48,9 +48,15 @@ def export_hf(checkpoint: str, out: str | Path, vocab_path: str | Path, time_uni
     """Write the Hugging Face directory; refuses a vocabulary other than the model's."""
     model = load_composer_checkpoint(checkpoint)
     vocab = Vocabulary.load(vocab_path)
-    settings = dict(getattr(model.config, "maxtoki", {}) or {})
+    settings = getattr(model.config, "maxtoki", None) or {}
     if settings.get("vocabulary_sha256") and settings["vocabulary_sha256"] != vocab.sha256:
         raise MaxtokiError(f"{vocab_path}: not the vocabulary this model was trained with")
+    return write_model_directory(model, vocab, out, time_unit)
+
+
+def write_model_directory(model, vocab: Vocabulary, out: str | Path, time_unit: str) -> Path:
+    """Weights and ``config.json`` (``save_pretrained``), ``vocab.json`` and ``maxtoki.json`` in ``out``."""
+    settings = dict(getattr(model.config, "maxtoki", None) or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

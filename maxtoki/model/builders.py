@@ -36,6 +36,7 @@ def build_backbone(size: str, vocab: str, max_seq_len: int = 4096, rope_scaling:
                           rope_scaling=rope_scaling, **(config_overrides or {}))
     config._attn_implementation = resolve_attention(attn_implementation, config.head_dim)
     if pretrained:
+        check_pretrained_vocabulary(pretrained, vocabulary, vocab)
         model = LlamaForCausalLM.from_pretrained(pretrained, config=config)
     else:
         model = LlamaForCausalLM(config)
@@ -44,3 +45,17 @@ def build_backbone(size: str, vocab: str, max_seq_len: int = 4096, rope_scaling:
           f"vocabulary {len(vocabulary):,} padded to {config.vocab_size:,}, context {max_seq_len:,}, "
           f"attention {config._attn_implementation}", flush=True)
     return model, vocabulary
+
+
+def check_pretrained_vocabulary(pretrained: str, vocabulary: Vocabulary, vocab: str) -> None:
+    """A pretrained directory that records its vocabulary (export-hf, import-hf) must match the recipe's."""
+    import json
+
+    config_path = Path(pretrained) / "config.json"
+    if not config_path.exists():
+        raise MaxtokiError(f"model.pretrained {pretrained}: no config.json; give a Hugging Face model directory "
+                           "(maxtoki export-hf or import-hf writes one)")
+    recorded = (json.loads(config_path.read_text()).get("maxtoki") or {}).get("vocabulary_sha256")
+    if recorded and recorded != vocabulary.sha256:
+        raise MaxtokiError(f"model.pretrained {pretrained}: trained with another vocabulary than model.vocab {vocab}; "
+                           "tokenize the data with the model's vocab.json")

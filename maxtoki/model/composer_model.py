@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from composer.models import HuggingFaceModel
 
 from maxtoki.model.builders import build_backbone
-from maxtoki.model.losses import IGNORE, next_token_labels, response_labels, temporal_loss
+from maxtoki.model.losses import IGNORE, Scored, scored_labels, temporal_loss
 from maxtoki.model.metrics import (
     NextGeneAccuracy,
     NextGeneCrossEntropy,
@@ -45,6 +45,8 @@ class MaxTokiModel(HuggingFaceModel):
         self.timelapse_loss = timelapse_loss
         # counted before any FSDP sharding: the non-embedding weights every token passes through
         self._flop_weights = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
+        self._scored_positions = None  # (batch, length) bool while a forward pass scores positions
+        model.lm_head.register_forward_pre_hook(self._select_scored_positions)
         numeric_ids = torch.as_tensor(vocab.numeric_ids, dtype=torch.long)
         self.register_buffer("numeric_ids", numeric_ids, persistent=False)
         self.register_buffer("numeric_values", torch.as_tensor(vocab.numeric_values[vocab.numeric_ids],
@@ -54,29 +56,32 @@ class MaxTokiModel(HuggingFaceModel):
                                 "additive_penalty": self.additive_penalty, "timelapse_loss": timelapse_loss,
                                 "vocabulary_sha256": vocab.sha256}
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          use_cache=False).logits
+    def _select_scored_positions(self, module, args):
+        if self._scored_positions is None:
+            return None
+        return (args[0][self._scored_positions],)
 
-    def scored_labels(self, batch: dict) -> torch.Tensor:
-        """Labels of the tokens the objective scores (aligned with logits)."""
+    def forward(self, batch: dict) -> Scored:
+        labels, readout = scored_labels(batch, self.objective)
+        scored = labels != IGNORE
+        self._scored_positions = scored
+        try:
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                use_cache=False).logits
+        finally:
+            self._scored_positions = None
+        return Scored(logits, labels[scored], torch.nonzero(scored)[:, 0], readout[scored])
+
+    def loss(self, outputs: Scored, batch: dict):
         if self.objective == "pretrain":
-            return next_token_labels(batch["input_ids"], batch["attention_mask"])
-        labels = response_labels(batch["input_ids"], batch["attention_mask"], batch["prompt_length"])
-        return torch.where((batch["task"] == 0)[:, None], labels, IGNORE)
+            return F.cross_entropy(outputs.logits.float(), outputs.labels)
+        return temporal_loss(outputs, batch["timelapse"], self.numeric_ids, self.numeric_values, self.label_scalar,
+                             self.additive_penalty, self.timelapse_loss)
 
-    def loss(self, outputs: torch.Tensor, batch: dict):
-        if self.objective == "pretrain":
-            labels = next_token_labels(batch["input_ids"], batch["attention_mask"])
-            return F.cross_entropy(outputs.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
-        return temporal_loss(outputs, batch["input_ids"], batch["attention_mask"], batch["prompt_length"],
-                             batch["task"], batch["timelapse"], self.numeric_ids, self.numeric_values,
-                             self.label_scalar, self.additive_penalty, self.timelapse_loss)
-
-    def eval_forward(self, batch: dict, outputs=None) -> torch.Tensor:
+    def eval_forward(self, batch: dict, outputs=None) -> Scored:
         return outputs if outputs is not None else self.forward(batch)
 
-    def update_metric(self, batch: dict, outputs: torch.Tensor, metric) -> None:
+    def update_metric(self, batch: dict, outputs: Scored, metric) -> None:
         metric.update(batch, outputs, self)
 
     def flops_per_batch(self, batch: dict) -> float:

@@ -1,4 +1,4 @@
-"""Losses of both stages, computed from logits and the masks that the data itself defines.
+"""Losses of both stages, computed on the logits of the scored positions only.
 
 Stage 1: next-token cross-entropy over every real (non-pad) token.
 Stage 2: NextCell examples: cross-entropy on every response token (the first gene included);
@@ -7,14 +7,29 @@ renormalized over the numeric tokens and read out as an expected time E = sum(p_
 the loss is ((E - Δ) / label_scalar)^2 + additive_penalty * P(non-numeric token), or, with
 ``timelapse_loss="cross_entropy"``, cross-entropy on the Δ token. The two task losses are per-token
 means within the batch, mixed 50/50 (when the batch has both tasks).
+
+Only scored positions get logits (``Scored``): stage-2 contexts are long and mostly unscored, and the
+output layer over the whole vocabulary is the largest single cost of a small model.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 IGNORE = -100
+
+
+@dataclass
+class Scored:
+    """The logits of the scored positions of a batch, in row-major order, and what they are scored on."""
+
+    logits: torch.Tensor  # (N, vocabulary)
+    labels: torch.Tensor  # (N,) the next token
+    rows: torch.Tensor  # (N,) the batch row of each position
+    readout: torch.Tensor  # (N,) True at a TimeBetweenCells <eoq>, read out as a time
 
 
 def next_token_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -31,6 +46,25 @@ def response_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, promp
     return torch.where(positions >= (prompt_length[:, None] - 1), labels, IGNORE)
 
 
+def scored_labels(batch: dict, objective: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (IGNORE where unscored) and the TimeBetweenCells read-out positions, both (batch, length)."""
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    if objective == "pretrain":
+        return next_token_labels(input_ids, attention_mask), torch.zeros_like(input_ids, dtype=torch.bool)
+    responses = response_labels(input_ids, attention_mask, batch["prompt_length"])
+    readout = torch.zeros_like(input_ids, dtype=torch.bool)
+    rows = torch.nonzero(batch["task"] != 0).squeeze(1)
+    readout[rows, batch["prompt_length"][rows] - 1] = True
+    labels = torch.where((batch["task"] == 0)[:, None] | readout, responses, IGNORE)
+    return labels, readout
+
+
+def gather_scored(logits: torch.Tensor, labels: torch.Tensor, readout: torch.Tensor) -> Scored:
+    """``Scored`` from full (batch, length, vocabulary) logits; the model computes only these rows."""
+    scored = labels != IGNORE
+    return Scored(logits[scored], labels[scored], torch.nonzero(scored)[:, 0], readout[scored])
+
+
 def numeric_readout(eoq_logits: torch.Tensor, numeric_ids: torch.Tensor, numeric_values: torch.Tensor):
     """Expected time (in time units) and the probability mass off the numeric tokens, per example."""
     log_probs = torch.log_softmax(eoq_logits.float(), dim=-1)
@@ -41,30 +75,21 @@ def numeric_readout(eoq_logits: torch.Tensor, numeric_ids: torch.Tensor, numeric
     return expected, 1.0 - numeric_mass
 
 
-def eoq_logits(logits: torch.Tensor, prompt_length: torch.Tensor) -> torch.Tensor:
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, prompt_length - 1]
-
-
-def temporal_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  prompt_length: torch.Tensor, task: torch.Tensor, timelapse: torch.Tensor,
-                  numeric_ids: torch.Tensor, numeric_values: torch.Tensor, label_scalar: float,
-                  additive_penalty: float, timelapse_loss: str = "numeric") -> dict[str, torch.Tensor]:
+def temporal_loss(scored: Scored, timelapse: torch.Tensor, numeric_ids: torch.Tensor, numeric_values: torch.Tensor,
+                  label_scalar: float, additive_penalty: float,
+                  timelapse_loss: str = "numeric") -> dict[str, torch.Tensor]:
     """The stage-2 loss and its parts (``next_cell`` and ``time_between_cells``, NaN-free)."""
-    next_cell = task == 0
     parts = {}
+    next_cell = ~scored.readout
     if next_cell.any():
-        labels = response_labels(input_ids[next_cell], attention_mask[next_cell], prompt_length[next_cell])
-        parts["next_cell"] = F.cross_entropy(logits[next_cell].flatten(0, 1).float(), labels.flatten(),
-                                             ignore_index=IGNORE)
-    if (~next_cell).any():
-        at_eoq = eoq_logits(logits[~next_cell], prompt_length[~next_cell])
+        parts["next_cell"] = F.cross_entropy(scored.logits[next_cell].float(), scored.labels[next_cell])
+    if scored.readout.any():
+        at_eoq = scored.logits[scored.readout]
         if timelapse_loss == "cross_entropy":
-            targets = input_ids[~next_cell].gather(1, prompt_length[~next_cell, None]).squeeze(1)
-            parts["time_between_cells"] = F.cross_entropy(at_eoq.float(), targets)
+            parts["time_between_cells"] = F.cross_entropy(at_eoq.float(), scored.labels[scored.readout])
         else:
             expected, off_numeric = numeric_readout(at_eoq, numeric_ids, numeric_values)
-            error = (expected - timelapse[~next_cell].to(expected.dtype)) / label_scalar
+            error = (expected - timelapse[scored.rows[scored.readout]].to(expected.dtype)) / label_scalar
             parts["time_between_cells"] = (error.square() + additive_penalty * off_numeric).mean()
     parts["total"] = torch.stack(list(parts.values())).mean()
     return parts

@@ -1,8 +1,8 @@
 """Evaluation metrics: next-gene cross-entropy, perplexity and top-1 accuracy over scored tokens,
 and, for TimeBetweenCells, the error of the expected time in time units and Pearson r.
 
-Each metric's ``update`` takes the batch, the logits and the model, so the masks come from the
-batch (``prompt_length``, ``task``) exactly as in the loss.
+Each metric's ``update`` takes the batch and the model's ``Scored`` output: the logits of exactly
+the positions the loss scores.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from maxtoki.model.losses import IGNORE, eoq_logits, numeric_readout
+from maxtoki.model.losses import Scored, numeric_readout
 
 
 class _TokenMetric(Metric):
@@ -23,14 +23,13 @@ class _TokenMetric(Metric):
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, batch: dict, logits: torch.Tensor, model) -> None:
-        labels = model.scored_labels(batch)
-        scored = labels != IGNORE
-        if not scored.any():
+    def update(self, batch: dict, outputs: Scored, model) -> None:
+        next_token = ~outputs.readout
+        if not next_token.any():
             return
-        selected, targets = logits[scored].float(), labels[scored]
+        selected, targets = outputs.logits[next_token].float(), outputs.labels[next_token]
         self.total += self._measure(selected, targets).sum().double()
-        self.count += scored.sum().double()
+        self.count += next_token.sum().double()
 
     def compute(self) -> torch.Tensor:
         return (self.total / self.count.clamp(min=1)).float()
@@ -61,14 +60,12 @@ class _TimelapseMetric(Metric):
         self.add_state("predicted", default=[], dist_reduce_fx="cat")
         self.add_state("true", default=[], dist_reduce_fx="cat")
 
-    def update(self, batch: dict, logits: torch.Tensor, model) -> None:
-        selected = batch["task"] == 1
-        if not selected.any():
+    def update(self, batch: dict, outputs: Scored, model) -> None:
+        if not outputs.readout.any():
             return
-        at_eoq = eoq_logits(logits[selected], batch["prompt_length"][selected])
-        expected, _ = numeric_readout(at_eoq, model.numeric_ids, model.numeric_values)
+        expected, _ = numeric_readout(outputs.logits[outputs.readout], model.numeric_ids, model.numeric_values)
         self.predicted.append(expected.double())
-        self.true.append(batch["timelapse"][selected].double())
+        self.true.append(batch["timelapse"][outputs.rows[outputs.readout]].double())
 
     def _values(self):
         """Predictions and truths so far (a list of tensors, or one tensor after a distributed sync)."""
