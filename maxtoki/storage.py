@@ -115,3 +115,30 @@ def download_file(uri: str, local_path: str) -> None:
     except (BotoCoreError, ClientError) as exc:
         raise _describe(uri, exc) from None
     os.replace(tmp, local_path)
+
+
+def object_exists(uri: str) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _describe(uri, exc) from None
+    except BotoCoreError as exc:
+        raise _describe(uri, exc) from None
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """``.../latest-rank0.pt`` on S3 is stored by Composer as ``latest-rank0.pt.symlink`` naming the real
+    checkpoint: follow it, so users can give the same name locally and remotely."""
+    if object_exists(uri):
+        return uri
+    if object_exists(f"{uri}.symlink"):
+        bucket, _ = split_s3_uri(uri)
+        target = download_bytes(f"{uri}.symlink").decode().strip()
+        return f"s3://{bucket}/{target}" if "/" in target else f"{uri.rsplit('/', 1)[0]}/{target}"
+    raise MaxtokiError(f"{uri}: no such checkpoint")

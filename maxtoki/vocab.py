@@ -71,6 +71,11 @@ class Vocabulary:
             raw = path.read_bytes()
         except OSError as exc:
             raise InputFileError(path, f"cannot read the vocabulary ({exc.strerror or exc})") from None
+        return cls.from_bytes(raw, path)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, path: str | Path) -> Vocabulary:
+        """Parse the bytes of a JSON dictionary or a Geneformer-style pickle; ``path`` names it in errors."""
         if raw[:1] == b"\x80":
             mapping = _restricted_unpickle(raw, path)
         else:

@@ -9,6 +9,8 @@ from test_tokenize_shards import read_shards
 
 from maxtoki import storage
 from maxtoki.cli import main
+from maxtoki.data.cell_store import CellStore
+from maxtoki.vocab import Vocabulary
 
 pytestmark = pytest.mark.s3
 
@@ -23,7 +25,8 @@ def test_tokenize_to_s3_round_trip(capsys, tmp_path, s3_server, hsmm_path, hsmm_
     keys = storage.list_keys(uri)
     assert sorted(k.rsplit("/", 2)[-2] + "/" + k.rsplit("/", 1)[-1] if "part-" in k else k.rsplit("/", 1)[-1]
                   for k in keys) == ["index.json", "manifest.json", "part-00000/index.json",
-                                     "part-00000/shard.00000.mds"]
+                                     "part-00000/shard.00000.mds", "vocab.json"]
+    assert CellStore(uri, str(tmp_path / "store")).vocabulary().sha256 == Vocabulary.load(vocab).sha256
     remote = read_shards(uri, local=tmp_path / "cache")
     local = read_shards(tmp_path / "local")
     assert len(remote) == len(local) == 271

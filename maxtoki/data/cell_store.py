@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from maxtoki import storage
-from maxtoki.data.destination import INDEX_NAME, MANIFEST_NAME
+from maxtoki.data.destination import INDEX_NAME, MANIFEST_NAME, VOCAB_FILE
 from maxtoki.data.mds import _import_without_package_init
 from maxtoki.errors import MaxtokiError
 
@@ -45,6 +45,22 @@ class CellStore:
                 "not a directory of MDS shards (no index.json)"
             raise MaxtokiError(f"{self.location}: {hint}")
         return path.read_bytes()
+
+    def vocabulary(self):
+        """The vocabulary stored beside the shards (or, for older outputs, the file its manifest names)."""
+        from maxtoki.vocab import Vocabulary
+
+        recorded = self.manifest.get("vocabulary", {})
+        try:
+            vocab = Vocabulary.from_bytes(self._read_small(VOCAB_FILE), f"{self.location}/{VOCAB_FILE}")
+        except MaxtokiError:
+            if not recorded.get("path") or not Path(recorded["path"]).exists():
+                raise MaxtokiError(f"{self.location}: holds no {VOCAB_FILE} and the vocabulary its manifest names "
+                                   f"({recorded.get('path')}) is not here; remake the data") from None
+            vocab = Vocabulary.load(recorded["path"])
+        if recorded.get("sha256") and vocab.sha256 != recorded["sha256"]:
+            raise MaxtokiError(f"{self.location}: its vocabulary does not match its manifest; remake the data")
+        return vocab
 
     def __len__(self) -> int:
         return int(self._starts[-1])

@@ -21,6 +21,7 @@ from maxtoki.errors import MaxtokiError
 
 INDEX_NAME = "index.json"
 MANIFEST_NAME = "manifest.json"
+VOCAB_FILE = "vocab.json"  # every output carries its vocabulary, so it can be used wherever it is copied
 
 
 def part_name(index: int) -> str:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from maxtoki import storage
 from maxtoki.data.blueprint import Blueprint
 from maxtoki.data.cell_store import CellIndex, CellStore, build_cell_index
-from maxtoki.data.destination import ShardDestination
+from maxtoki.data.destination import VOCAB_FILE, ShardDestination
 from maxtoki.data.manifest import base_manifest
 from maxtoki.data.mds import mds_writer_class
 from maxtoki.data.paragraphs import ParagraphOptions, assemble, sample_blueprint
@@ -89,7 +88,8 @@ def write_paragraph_shards(blueprint: Blueprint, cells: str, vocab: Vocabulary, 
         manifest = base_manifest("maxtoki.paragraphs", options.as_dict())
         manifest.update(manifest_extra)
         manifest.update({"columns": columns, "tokens": tokens, "blueprint": "blueprint.npz"})
-        destination.commit(part_indexes, manifest, {BLUEPRINT_NAME: blueprint.to_bytes()})
+        destination.commit(part_indexes, manifest, {BLUEPRINT_NAME: blueprint.to_bytes(),
+                                                     VOCAB_FILE: vocab.to_json().encode()})
     except BaseException:
         destination.abort()
         raise
@@ -108,11 +108,9 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
     cache_dir = tempfile.mkdtemp(prefix="maxtoki-cells-")
     store = CellStore(cells, cache_dir)
     if vocab_path is None:
-        vocab_path = store.manifest.get("vocabulary", {}).get("path")
-        if not vocab_path or not Path(vocab_path).exists():
-            raise MaxtokiError(f"{cells}: the vocabulary named in its manifest ({vocab_path}) is not here; "
-                               "give it with --vocab")
-    vocab = Vocabulary.load(vocab_path)
+        vocab, vocab_path = store.vocabulary(), f"{cells}/{VOCAB_FILE}"
+    else:
+        vocab = Vocabulary.load(vocab_path)
     if store.manifest.get("vocabulary", {}).get("sha256") != vocab.sha256:
         raise MaxtokiError(f"{cells}: the cells were tokenized with a different vocabulary than {vocab_path} "
                            f"({store.manifest.get('vocabulary', {}).get('path')}); give that vocabulary")

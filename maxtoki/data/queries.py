@@ -16,14 +16,13 @@ import numpy as np
 
 from maxtoki.data.blueprint import TIME_BETWEEN_CELLS
 from maxtoki.data.cell_store import CellStore, build_cell_index
-from maxtoki.data.destination import ShardDestination
+from maxtoki.data.destination import VOCAB_FILE, ShardDestination
 from maxtoki.data.manifest import base_manifest
 from maxtoki.data.mds import mds_writer_class
 from maxtoki.data.paragraph_build import paragraph_columns
 from maxtoki.data.paragraphs import assemble, to_time_units
 from maxtoki.data.parallel import progress_bar
 from maxtoki.errors import MaxtokiError
-from maxtoki.vocab import Vocabulary
 
 
 def _column(store: CellStore, name: str) -> np.ndarray:
@@ -43,7 +42,7 @@ def build_queries(paragraphs: str, other_cells: str, out: str, *, match_time_tol
         raise MaxtokiError(f"{paragraphs}: queries need evaluation paragraphs; make them with "
                            "`maxtoki data paragraphs ... --eval`")
     options = manifest["arguments"]
-    vocab = Vocabulary.load(manifest["vocabulary"]["path"])
+    vocab = examples.vocabulary()
     originals = CellStore(manifest["cells"]["location"], f"{cache}/cells")
     others = CellStore(other_cells, f"{cache}/other")
     if others.manifest.get("vocabulary", {}).get("sha256") != vocab.sha256:
@@ -98,7 +97,7 @@ def build_queries(paragraphs: str, other_cells: str, out: str, *, match_time_tol
                        "columns": columns, "tokens": tokens, "vocabulary": manifest["vocabulary"],
                        "cells": manifest["cells"],
                        "time_scale": options["time_scale"]})
-        destination.commit([destination.part_index(0)], result)
+        destination.commit([destination.part_index(0)], result, {VOCAB_FILE: vocab.to_json().encode()})
     except BaseException:
         destination.abort()
         raise

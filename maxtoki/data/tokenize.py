@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from maxtoki.data.chunks import CellChunk, ChunkReader, chunk_ranges, plan_parts
-from maxtoki.data.destination import ShardDestination
+from maxtoki.data.destination import VOCAB_FILE, ShardDestination
 from maxtoki.data.encoding import EncodedCells, rank_value_encode
 from maxtoki.data.genes import GeneMapping, GeneProjection, normalize_gene_id, project_genes
 from maxtoki.data.manifest import base_manifest, file_sha256
@@ -253,7 +253,7 @@ def tokenize_files(inputs, vocab_path: str | Path, medians_path: str | Path, out
             destination.release_part(i)
         manifest = _manifest(files, cell_counts, parts, results, vocab, vocab_path, medians_path,
                              gene_mapping_path, options, columns, workers, compression)
-        destination.commit(part_indexes, manifest)
+        destination.commit(part_indexes, manifest, {VOCAB_FILE: vocab.to_json().encode()})
     except BaseException:
         destination.abort()
         raise

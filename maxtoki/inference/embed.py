@@ -72,7 +72,7 @@ def embed(checkpoint: str, data: str, out: str | Path, *, medians: str | None = 
         store = CellStore(data)
         if store.manifest.get("kind") != "maxtoki.cells":
             raise MaxtokiError(f"{data}: give cell shards (maxtoki data tokenize) or an .h5ad")
-        vocab = Vocabulary.load(store.manifest["vocabulary"]["path"])
+        vocab = store.vocabulary()
         model = load_model(checkpoint, vocab)
         samples = list(store)
         meta = pd.DataFrame([{k: v for k, v in s.items() if k not in ("input_ids", "length")} for s in samples])

@@ -29,8 +29,9 @@ def load_composer_checkpoint(checkpoint: str):
 
     local = checkpoint
     if storage.is_remote(checkpoint):
-        local = str(Path(tempfile.mkdtemp(prefix="maxtoki-ckpt-")) / Path(checkpoint).name)
-        storage.download_file(checkpoint, local)
+        resolved = storage.resolve_checkpoint(checkpoint)
+        local = str(Path(tempfile.mkdtemp(prefix="maxtoki-ckpt-")) / Path(resolved).name)
+        storage.download_file(resolved, local)
     elif not Path(checkpoint).exists():
         raise MaxtokiError(f"{checkpoint}: no such checkpoint")
     try:

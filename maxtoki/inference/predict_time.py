@@ -42,7 +42,7 @@ def evaluation_prompts(data: str, task: int) -> tuple[list[dict], Vocabulary]:
     store = CellStore(data)
     if "prompt_ids" not in store.columns:
         raise MaxtokiError(f"{data}: needs evaluation paragraphs (made with `maxtoki data paragraphs --eval`)")
-    vocab = Vocabulary.load(store.manifest["vocabulary"]["path"])
+    vocab = store.vocabulary()
     examples = [e for e in store if int(e["task"]) == task]
     if not examples:
         raise MaxtokiError(f"{data}: holds no {TASK_NAMES[task]} examples")
