@@ -134,11 +134,12 @@ def object_exists(uri: str) -> bool:
 
 def resolve_checkpoint(uri: str) -> str:
     """``.../latest-rank0.pt`` on S3 is stored by Composer as ``latest-rank0.pt.symlink`` naming the real
-    checkpoint: follow it, so users can give the same name locally and remotely."""
-    if object_exists(uri):
+    checkpoint: follow it (given with or without ``.symlink``), so the same name works locally and remotely."""
+    link = uri if uri.endswith(".symlink") else f"{uri}.symlink"
+    if link != uri and object_exists(uri):
         return uri
-    if object_exists(f"{uri}.symlink"):
+    if object_exists(link):
         bucket, _ = split_s3_uri(uri)
-        target = download_bytes(f"{uri}.symlink").decode().strip()
+        target = download_bytes(link).decode().strip()
         return f"s3://{bucket}/{target}" if "/" in target else f"{uri.rsplit('/', 1)[0]}/{target}"
     raise MaxtokiError(f"{uri}: no such checkpoint")

@@ -17,26 +17,57 @@ from maxtoki.errors import MaxtokiError
 
 
 def parse_arguments(argv: list[str]) -> tuple[str, list[str]]:
-    """``RECIPE [overrides]`` or ``-f RECIPE [overrides]``."""
+    """``RECIPE [OVERLAY.yaml ...] [key=value ...]`` or ``-f RECIPE ...``."""
     argv = list(argv)
     if argv[:1] in (["-f"], ["--file"]):
         argv = argv[1:]
     if not argv or "=" in argv[0]:
-        raise MaxtokiError("usage: composer scripts/train.py RECIPE.yaml [key=value ...] (or -f RECIPE.yaml)")
+        raise MaxtokiError("usage: composer scripts/train.py RECIPE.yaml [OVERLAY.yaml ...] [key=value ...] "
+                           "(or -f RECIPE.yaml ...)")
     return argv[0], argv[1:]
 
 
 def load_recipe(path: str, overrides: list[str]):
+    """The recipe, then each overlay YAML (e.g. the parameters of a cloud run), then ``key=value`` overrides,
+    merged in that order."""
     from omegaconf import OmegaConf
 
-    if not Path(path).exists():
-        raise MaxtokiError(f"{path}: no such recipe")
+    overlays = [o for o in overrides if "=" not in o]
+    for file in [path, *overlays]:
+        if not Path(file).exists():
+            raise MaxtokiError(f"{file}: no such recipe")
     try:
-        cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.merge(*(OmegaConf.load(f) for f in [path, *overlays]),
+                              OmegaConf.from_dotlist([o for o in overrides if "=" in o]))
         OmegaConf.resolve(cfg)
     except Exception as exc:  # omegaconf raises many kinds for bad YAML and bad interpolations
         raise MaxtokiError(f"{path}: {exc}") from None
     return cfg
+
+
+def localize_vocabularies(cfg) -> None:
+    """An ``s3://`` vocabulary (e.g. the vocab.json every data output carries) is downloaded once, and the
+    model and loaders are pointed at the local copy."""
+    import tempfile
+
+    from maxtoki import storage
+
+    copies: dict[str, str] = {}
+
+    def local(uri: str) -> str:
+        if uri not in copies:
+            copies[uri] = str(Path(tempfile.mkdtemp(prefix="maxtoki-vocab-")) / Path(uri).name)
+            storage.download_file(uri, copies[uri])
+        return copies[uri]
+
+    sections = [cfg.get("model") or {}]
+    for key in ("train_loader", "eval_loader", "eval_loaders"):
+        loaders = cfg.get(key) or []
+        for loader in (loaders if type(loaders).__name__ in ("ListConfig", "list") else [loaders]):
+            sections.append((loader or {}).get("dataset") or {})
+    for section in sections:
+        if storage.is_remote(str(section.get("vocab", ""))):
+            section["vocab"] = local(str(section["vocab"]))
 
 
 def check_recipe(cfg) -> None:
@@ -77,8 +108,13 @@ def check_recipe(cfg) -> None:
 
         check_pretrained_vocabulary(str(model["pretrained"]), vocab, vocab_path)
     load_path = cfg.get("load_path")
-    if load_path and "://" not in str(load_path) and not Path(str(load_path)).exists():
-        raise MaxtokiError(f"load_path {load_path}: no such checkpoint")
+    if load_path and "://" not in str(load_path):
+        if not Path(str(load_path)).exists():
+            raise MaxtokiError(f"load_path {load_path}: no such checkpoint")
+        if Path(str(load_path)).is_file():
+            from maxtoki.inference.export import check_checkpoint_file
+
+            check_checkpoint_file(str(load_path), f"load_path {load_path}")
 
 
 def remove_unfinished_checkpoints(save_folder: str) -> list[str]:
@@ -101,6 +137,17 @@ def remove_unfinished_checkpoints(save_folder: str) -> list[str]:
     return removed
 
 
+def remove_stale_autoresume_copy(save_folder: str) -> None:
+    """With a remote save folder, Composer first looks for ``latest-rank0.pt`` at the same path read as a
+    local one (``./s3:/bucket/prefix/``) and only then asks the object store. A copy left there by an
+    earlier run would be resumed instead of what the bucket holds; the bucket is the truth."""
+    local = Path(os.path.join(save_folder, "latest-rank0.pt"))
+    if local.exists() or local.is_symlink():
+        local.unlink()
+        print(f"maxtoki: ignoring the local copy {local} of the remote checkpoint; resuming from {save_folder}",
+              flush=True)
+
+
 EXPECTED_WARNINGS = ("The tokenizer was not provided", "The shift_labels argument was set to False")
 
 
@@ -118,10 +165,24 @@ def quiet_expected_warnings() -> None:
 def train_from_recipe(recipe: str, overrides: list[str] = ()):
     """Check and run a recipe; returns Composer's ``Trainer`` after training (for notebooks and tests)."""
     cfg = load_recipe(recipe, list(overrides))
+    localize_vocabularies(cfg)
     check_recipe(cfg)
     save_folder = cfg.get("save_folder")
     if cfg.get("autoresume") and save_folder and "://" not in str(save_folder):
         remove_unfinished_checkpoints(str(save_folder))
+        latest = Path(str(save_folder)) / "latest-rank0.pt"
+        if latest.is_file():
+            from maxtoki.inference.export import check_checkpoint_file
+
+            try:
+                check_checkpoint_file(latest)
+            except MaxtokiError as exc:
+                target = os.readlink(latest) if latest.is_symlink() else latest.name
+                raise MaxtokiError(f"{exc}. Autoresume would load it: delete {target} and point "
+                                   f"latest-rank0.pt at the previous checkpoint in {save_folder} (or remove the "
+                                   "link to start over)") from None
+    elif cfg.get("autoresume") and save_folder:
+        remove_stale_autoresume_copy(str(save_folder))
     os.environ.setdefault("WANDB_MODE", "offline")
     quiet_expected_warnings()
     from llmfoundry.command_utils import train

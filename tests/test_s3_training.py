@@ -26,7 +26,8 @@ def cli(*argv):
 def run(recipe, tmp_path, name, batches, *overrides):
     return train_from_recipe(str(ROOT / "configs" / recipe), [
         f"variables.run_name={name}", f"save_folder={BUCKET}/runs/{name}", f"max_duration={batches}ba",
-        f"eval_interval={batches}ba", "save_interval=2ba", "loggers={inmemory: {}}", "global_train_batch_size=8",
+        f"eval_interval={batches}ba", "save_interval=2ba",
+        "loggers={inmemory: {}, remote_uploader_downloader: {bucket_uri: 's3://maxtoki-test', use_procs: false}}", "global_train_batch_size=8",
         "device_train_microbatch_size=8", "eval_subset_num_batches=1", "console_log_interval=100ba",
         f"train_loader.dataset.local={tmp_path / name / 'train-cache'}",
         f"eval_loader.dataset.local={tmp_path / name / 'eval-cache'}", *overrides])
@@ -34,6 +35,11 @@ def run(recipe, tmp_path, name, batches, *overrides):
 
 def names(prefix):
     return sorted(k.rsplit("/", 1)[-1] for k in storage.list_keys(prefix))
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Composer keeps local copies of remote checkpoints under ./s3:/...
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +68,12 @@ def test_both_stages_stream_from_s3_checkpoint_to_s3_and_resume(s3_data, tmp_pat
     logger = next(d for d in again.logger.destinations if isinstance(d, InMemoryLogger))
     assert [int(t.batch) for t, _ in logger.data["loss/train/total"]] == [4, 5]
     assert "ep0-ba6-rank0.pt" in names(f"{BUCKET}/runs/pretrain")
-    # stage 2 starts from the stage-1 checkpoint on S3 (the latest, through Composer's symlink object)
+    # stage 2 starts from the latest stage-1 checkpoint on S3 (through Composer's symlink object)
+    # and reads the vocabulary that the data carries on S3
     second = run("temporal/tiny-cpu.yaml", tmp_path, "temporal", 2, f"variables.data={BUCKET}/paragraphs",
-                 f"variables.eval_data={BUCKET}/paragraphs", f"variables.pretrained={BUCKET}/runs/pretrain/"
-                 "ep0-ba6-rank0.pt", "max_seq_len=256", "model.rope_scaling.original_max_position_embeddings=64",
-                 *common)
+                 f"variables.eval_data={BUCKET}/paragraphs", f"variables.vocab={BUCKET}/paragraphs/vocab.json",
+                 f"variables.pretrained={BUCKET}/runs/pretrain/latest-rank0.pt.symlink", "max_seq_len=256",
+                 "model.rope_scaling.original_max_position_embeddings=64")
     assert int(second.state.timestamp.batch) == 2
     assert "latest-rank0.pt.symlink" in names(f"{BUCKET}/runs/temporal")
 

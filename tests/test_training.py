@@ -227,6 +227,53 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
                      "--out", str(tmp_path / "x")]) == 2  # training layout: no prompts apart
 
 
+def test_damaged_checkpoints_are_refused_never_loaded(tmp_path, capsys, hsmm_data, stage1):
+    import os
+    import shutil
+
+    _, checkpoint = stage1
+    raw = Path(checkpoint).resolve().read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(raw[: len(raw) // 2])  # an upload cut short
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0xFF  # one byte changed inside the weights
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    for name in ("truncated.pt", "flipped.pt"):
+        code = cli_main(["export-hf", "--checkpoint", str(tmp_path / name), "--vocab", hsmm_data["vocab"],
+                         "--out", str(tmp_path / "hf")])
+        err = capsys.readouterr().err
+        assert code == 2 and "damaged" in err and "Traceback" not in err, err
+    assert not (tmp_path / "hf").exists()
+    recipe = [TEMPORAL, *stage2_args(hsmm_data, tmp_path / "flipped.pt"), f"save_folder={tmp_path / 'run'}"]
+    assert train_main(recipe) == 2
+    err = capsys.readouterr().err
+    assert "load_path" in err and "damaged" in err
+    # autoresume onto a damaged latest checkpoint: refused with what to do
+    (tmp_path / "resume").mkdir()
+    shutil.copy(tmp_path / "flipped.pt", tmp_path / "resume" / "ep0-ba8-rank0.pt")
+    os.symlink("ep0-ba8-rank0.pt", tmp_path / "resume" / "latest-rank0.pt")
+    assert train_main([PRETRAIN, f"variables.data={hsmm_data['cells']}", f"variables.vocab={hsmm_data['vocab']}",
+                       "max_seq_len=128", f"save_folder={tmp_path / 'resume'}"]) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err and "Autoresume would load it: delete ep0-ba8-rank0.pt" in err
+
+
+def test_unreachable_s3_fails_within_seconds(tmp_path, capsys, monkeypatch, hsmm_data):
+    import time
+
+    from conftest import free_port
+
+    monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    start = time.monotonic()
+    assert train_main([PRETRAIN, "variables.data=s3://nowhere/cells", f"variables.vocab={hsmm_data['vocab']}"]) == 2
+    assert "cannot reach the S3 server" in capsys.readouterr().err
+    assert cli_main(["predict", "time", "--checkpoint", "s3://nowhere/run/latest-rank0.pt", "--data",
+                     "s3://nowhere/eval", "--out", str(tmp_path / "x")]) == 2
+    assert "cannot reach the S3 server" in capsys.readouterr().err
+    assert time.monotonic() - start < 60
+
+
 def _rewrite_paragraphs(source, out, change):
     """A copy of paragraph shards with ``change`` applied to every sample (to make broken inputs)."""
     import shutil

@@ -18,6 +18,22 @@ METADATA_NAME = "maxtoki.json"
 VOCAB_NAME = "vocab.json"
 
 
+def check_checkpoint_file(path: str | Path, name: str | None = None) -> None:
+    """A checkpoint is a zip archive with a CRC per member: a truncated upload or a flipped byte is refused
+    here, before anything is loaded from it."""
+    import zipfile
+
+    name = name or str(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise MaxtokiError(f"{name}: damaged or incomplete checkpoint ({exc}); use an earlier checkpoint or "
+                           "save it again") from None
+    if damaged is not None:
+        raise MaxtokiError(f"{name}: damaged checkpoint ({damaged} fails its checksum); use an earlier checkpoint")
+
+
 def load_composer_checkpoint(checkpoint: str):
     """The ``LlamaForCausalLM`` (config and weights) inside a Composer checkpoint of a MaxToki model."""
     import tempfile
@@ -34,6 +50,7 @@ def load_composer_checkpoint(checkpoint: str):
         storage.download_file(resolved, local)
     elif not Path(checkpoint).exists():
         raise MaxtokiError(f"{checkpoint}: no such checkpoint")
+    check_checkpoint_file(local, checkpoint)
     try:
         state = torch.load(local, map_location="cpu", weights_only=False)["state"]
         content = state["integrations"]["huggingface"]["model"]["config"]["content"]
