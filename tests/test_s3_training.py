@@ -26,8 +26,7 @@ def cli(*argv):
 def run(recipe, tmp_path, name, batches, *overrides):
     return train_from_recipe(str(ROOT / "configs" / recipe), [
         f"variables.run_name={name}", f"save_folder={BUCKET}/runs/{name}", f"max_duration={batches}ba",
-        f"eval_interval={batches}ba", "save_interval=2ba",
-        "loggers={inmemory: {}, remote_uploader_downloader: {bucket_uri: 's3://maxtoki-test', use_procs: false}}", "global_train_batch_size=8",
+        f"eval_interval={batches}ba", "save_interval=2ba", "loggers={inmemory: {}}", "global_train_batch_size=8",
         "device_train_microbatch_size=8", "eval_subset_num_batches=1", "console_log_interval=100ba",
         f"train_loader.dataset.local={tmp_path / name / 'train-cache'}",
         f"eval_loader.dataset.local={tmp_path / name / 'eval-cache'}", *overrides])

@@ -78,7 +78,11 @@ def numeric_readout(eoq_logits: torch.Tensor, numeric_ids: torch.Tensor, numeric
 def temporal_loss(scored: Scored, timelapse: torch.Tensor, numeric_ids: torch.Tensor, numeric_values: torch.Tensor,
                   label_scalar: float, additive_penalty: float,
                   timelapse_loss: str = "numeric") -> dict[str, torch.Tensor]:
-    """The stage-2 loss and its parts (``next_cell`` and ``time_between_cells``, NaN-free)."""
+    """The stage-2 loss and its parts (``next_cell`` and ``time_between_cells``, NaN-free).
+
+    Both parts are always returned, 0 for a task the micro-batch lacks: Composer sums each part over
+    micro-batches and all-reduces them by name across processes, so every rank must name the same parts.
+    """
     parts = {}
     next_cell = ~scored.readout
     if next_cell.any():
@@ -91,5 +95,6 @@ def temporal_loss(scored: Scored, timelapse: torch.Tensor, numeric_ids: torch.Te
             expected, off_numeric = numeric_readout(at_eoq, numeric_ids, numeric_values)
             error = (expected - timelapse[scored.rows[scored.readout]].to(expected.dtype)) / label_scalar
             parts["time_between_cells"] = (error.square() + additive_penalty * off_numeric).mean()
-    parts["total"] = torch.stack(list(parts.values())).mean()
-    return parts
+    total = torch.stack(list(parts.values())).mean()
+    return {"next_cell": parts.get("next_cell", scored.logits.new_zeros(())),
+            "time_between_cells": parts.get("time_between_cells", scored.logits.new_zeros(())), "total": total}

@@ -61,8 +61,8 @@ class _TimelapseMetric(Metric):
         self.add_state("true", default=[], dist_reduce_fx="cat")
 
     def update(self, batch: dict, outputs: Scored, model) -> None:
-        if not outputs.readout.any():
-            return
+        # appended even when empty: every rank then holds a float64 vector, which the gather across
+        # processes needs (a rank whose batches had no TimeBetweenCells example would otherwise hold none)
         expected, _ = numeric_readout(outputs.logits[outputs.readout], model.numeric_ids, model.numeric_values)
         self.predicted.append(expected.double())
         self.true.append(batch["timelapse"][outputs.rows[outputs.readout]].double())
@@ -71,7 +71,8 @@ class _TimelapseMetric(Metric):
         """Predictions and truths so far (a list of tensors, or one tensor after a distributed sync)."""
         if isinstance(self.predicted, list) and not self.predicted:
             return None, None
-        return dim_zero_cat(self.predicted), dim_zero_cat(self.true)
+        predicted, true = dim_zero_cat(self.predicted), dim_zero_cat(self.true)
+        return (None, None) if predicted.numel() == 0 else (predicted, true)
 
 
 class TimelapseMAE(_TimelapseMetric):

@@ -1,0 +1,77 @@
+"""Two processes on CPU through Composer's launcher (gloo): ranks read different samples, the global
+batch is the recipe's, both stages train, and a two-process checkpoint resumes in one process with
+the right sample count."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maxtoki.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSER = str(Path(sys.executable).parent / "composer")
+
+
+def cli(*argv):
+    assert cli_main([str(a) for a in argv]) == 0
+
+
+def launch(*argv, processes=2):
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    prefix = [COMPOSER, "-n", str(processes)] if processes > 1 else [sys.executable]
+    result = subprocess.run([*prefix, *map(str, argv)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def timestamp(checkpoint: Path) -> dict:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["timestamp"]["Timestamp"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, hsmm_path, hsmm_reference):
+    vocab, medians = hsmm_reference
+    root = tmp_path_factory.mktemp("multiprocess")
+    cli("data", "tokenize", hsmm_path, "--vocab", vocab, "--medians", medians, "--out", root / "cells",
+        "--allow-non-integer", "--min-expression", "0.1", "--time-column", "hours", "--model-input-size", 64)
+    cli("data", "paragraphs", root / "cells", "--out", root / "paragraphs", "--num-examples", 96, "--max-seq-len", 256)
+    return root, str(vocab)
+
+
+def test_ranks_read_different_samples(data, tmp_path):
+    root, vocab = data
+    launch(ROOT / "tests/helpers/rank_batches.py", root / "cells", vocab, tmp_path, 3)
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(first) == len(second) == 12  # 3 batches of 4 per rank: a global batch of 8
+    assert not set(first) & set(second)
+
+
+def training(root, vocab, recipe, save_folder, batches, *extra):
+    return [ROOT / "scripts/train.py", ROOT / "configs" / recipe, f"variables.vocab={vocab}",
+            f"save_folder={save_folder}", f"max_duration={batches}ba", f"eval_interval={batches}ba",
+            "save_interval=2ba", "global_train_batch_size=8", "device_train_microbatch_size=4",
+            "device_eval_batch_size=4", "eval_subset_num_batches=1", "console_log_interval=100ba", *extra]
+
+
+def test_both_stages_with_two_processes_and_resume_with_one(data, tmp_path):
+    root, vocab = data
+    stage1 = [f"variables.data={root / 'cells'}", "max_seq_len=64"]
+    launch(*training(root, vocab, "pretrain/tiny-cpu.yaml", tmp_path / "p", 4, *stage1))
+    assert not (tmp_path / "p" / "ep0-ba4-rank1.pt").exists()  # DDP: one full checkpoint, written by rank 0
+    written = timestamp(tmp_path / "p" / "ep0-ba4-rank0.pt")
+    assert (int(written["batch"]), int(written["sample"])) == (4, 32)  # 4 global batches of 8
+    # the same run, resumed by one process, continues the count where two processes left it
+    launch(*training(root, vocab, "pretrain/tiny-cpu.yaml", tmp_path / "p", 6, *stage1), processes=1)
+    resumed = timestamp(tmp_path / "p" / "ep0-ba6-rank0.pt")
+    assert (int(resumed["batch"]), int(resumed["sample"])) == (6, 48)
+    # stage 2 with two processes from the stage-1 checkpoint
+    launch(*training(root, vocab, "temporal/tiny-cpu.yaml", tmp_path / "t", 2, f"variables.data={root / 'paragraphs'}",
+                     f"variables.pretrained={tmp_path / 'p' / 'ep0-ba6-rank0.pt'}", "max_seq_len=256",
+                     "model.rope_scaling.original_max_position_embeddings=64"))
+    written = timestamp(tmp_path / "t" / "ep0-ba2-rank0.pt")
+    assert (int(written["batch"]), int(written["sample"])) == (2, 16)
