@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--time-unit", default="unspecified", help="what one time token means, e.g. months")
     export.set_defaults(handler=_run_export)
 
+    curves = commands.add_parser("plot-run", help="loss and evaluation curves of a training run (wandb directory)")
+    curves.add_argument("run", metavar="RUN", help="wandb/offline-run-* directory, or the wandb/ folder (latest run)")
+    curves.add_argument("--out", required=True, help="PNG file; the numbers go beside it as CSV")
+    curves.set_defaults(handler=_run_plot_run)
+
     imported = commands.add_parser("import-hf", help="LlamaForCausalLM directory (e.g. released weights) -> MaxToki")
     imported.add_argument("source", metavar="HF_DIR", help="a LlamaForCausalLM directory (save_pretrained)")
     imported.add_argument("--vocab", help="its token dictionary, JSON or pickle (default: one inside HF_DIR)")
@@ -397,6 +402,13 @@ def _run_export(args) -> None:
     out = export_hf(args.checkpoint, args.out, args.vocab, args.time_unit)
     print(f"exported {args.checkpoint} -> {out} (LlamaForCausalLM.from_pretrained loads it; vocab.json and "
           "maxtoki.json beside it)")
+
+
+def _run_plot_run(args) -> None:
+    from maxtoki.run_curves import plot_run
+
+    out = plot_run(args.run, args.out)
+    print(f"curves -> {out} (numbers in {out.with_suffix('.csv')})")
 
 
 def _run_import(args) -> None:

@@ -163,7 +163,7 @@ def quiet_expected_warnings() -> None:
 
 
 def train_from_recipe(recipe: str, overrides: list[str] = ()):
-    """Check and run a recipe; returns Composer's ``Trainer`` after training (for notebooks and tests)."""
+    """Check and run a recipe; returns Composer's closed ``Trainer`` after training (for notebooks and tests)."""
     cfg = load_recipe(recipe, list(overrides))
     localize_vocabularies(cfg)
     check_recipe(cfg)
@@ -189,7 +189,9 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
 
     import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
 
-    return train(cfg)
+    trainer = train(cfg)
+    trainer.close()  # finishes uploads and loggers (the wandb run is complete on return); state stays readable
+    return trainer
 
 
 def main(argv: list[str]) -> int:

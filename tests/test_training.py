@@ -274,6 +274,28 @@ def test_unreachable_s3_fails_within_seconds(tmp_path, capsys, monkeypatch, hsmm
     assert time.monotonic() - start < 60
 
 
+def test_wandb_offline_run_directory_and_its_loss_curves(tmp_path, monkeypatch, hsmm_data):
+    from maxtoki.run_curves import read_run
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    trainer = train_from_recipe(PRETRAIN, [f"variables.data={hsmm_data['cells']}",
+                                           f"variables.vocab={hsmm_data['vocab']}", "max_seq_len=128",
+                                           *common(tmp_path, "w", 4), "loggers={wandb: {project: maxtoki-test}, "
+                                           "inmemory: {}}", "log_config=true"])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    rows, config = read_run(runs[0])
+    assert config["model"]["name"] == "maxtoki_pretrain" and config["max_duration"] == "4ba"
+    logged = {int(r["time/batch"]): r["loss/train/total"] for r in rows if "loss/train/total" in r}
+    assert list(logged.values()) == pytest.approx(losses(trainer).tolist(), rel=1e-6) and len(logged) == 4
+    assert cli_main(["plot-run", str(tmp_path / "wandb"), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    table = np.genfromtxt(tmp_path / "curves.csv", delimiter=",", names=True)
+    assert np.allclose(table["losstraintotal"][:4], losses(trainer), rtol=1e-6)
+    assert cli_main(["plot-run", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")]) == 2
+
+
 def _rewrite_paragraphs(source, out, change):
     """A copy of paragraph shards with ``change`` applied to every sample (to make broken inputs)."""
     import shutil

@@ -1,17 +1,16 @@
-"""Registers the models and data loaders with llm-foundry, so recipes name them:
+"""Registers the models, data loaders and logger with llm-foundry, so recipes name them:
 
-``model: {name: maxtoki_pretrain | maxtoki_temporal, ...}`` and
-``train_loader: {name: maxtoki_cells | maxtoki_paragraphs, ...}``, and Composer's uploader of
-checkpoints to object storage as a logger, ``loggers: {remote_uploader_downloader: {bucket_uri:
-s3://bucket, use_procs: false}}``, to tune how checkpoints reach S3 (threads instead of spawned
-processes, concurrency). Importing this module is enough (``scripts/train.py`` does it).
+``model: {name: maxtoki_pretrain | maxtoki_temporal, ...}``,
+``train_loader: {name: maxtoki_cells | maxtoki_paragraphs, ...}``, and ``loggers: {wandb: ...}``, a
+WandBLogger that autoresume can run beside (see ``wandb_logger``).
+Importing this module is enough (``scripts/train.py`` does it).
 """
 
-from composer.loggers import RemoteUploaderDownloader
 from llmfoundry import registry
 
 from maxtoki.data.loaders import build_cells_loader, build_paragraphs_loader
 from maxtoki.model.composer_model import MaxTokiPretrainModel, MaxTokiTemporalModel
+from maxtoki.model.wandb_logger import ResumableWandBLogger
 
 for _name, _builder in (("maxtoki_pretrain", MaxTokiPretrainModel), ("maxtoki_temporal", MaxTokiTemporalModel)):
     if _name not in registry.models:
@@ -19,5 +18,4 @@ for _name, _builder in (("maxtoki_pretrain", MaxTokiPretrainModel), ("maxtoki_te
 for _name, _builder in (("maxtoki_cells", build_cells_loader), ("maxtoki_paragraphs", build_paragraphs_loader)):
     if _name not in registry.dataloaders:
         registry.dataloaders.register(_name, func=_builder)
-if "remote_uploader_downloader" not in registry.loggers:
-    registry.loggers.register("remote_uploader_downloader", func=RemoteUploaderDownloader)
+registry.loggers.register("wandb", func=ResumableWandBLogger)
