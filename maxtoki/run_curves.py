@@ -70,8 +70,8 @@ def plot_run(run: str | Path, out: str | Path) -> Path:
     evaluations = sorted(c for c in table if c.startswith("metrics/eval/"))
     panels = 1 + len(evaluations)
     columns = min(panels, 3)
-    fig, axes = plt.subplots(math.ceil(panels / columns), columns, figsize=(4.2 * columns, 3.2 * math.ceil(panels / columns)),
-                             squeeze=False)
+    lines = math.ceil(panels / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.2 * lines), squeeze=False)
     for name in losses:
         steps = table[["time/batch", name]].dropna()
         axes[0][0].plot(steps["time/batch"], steps[name], label=name.removeprefix("loss/train/"))
