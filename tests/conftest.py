@@ -58,6 +58,15 @@ def tiny_files(tmp_path, tiny_vocab, tiny_medians):
     return vocab_path, medians_path, write
 
 
+def tokenize_hsmm(hsmm: Path, vocab, medians, out, tokens: int) -> None:
+    """The bundled HSMM time course as cells of at most ``tokens`` tokens, with times in hours."""
+    from maxtoki.cli import main
+
+    assert main([str(a) for a in ("data", "tokenize", hsmm, "--vocab", vocab, "--medians", medians, "--out", out,
+                                  "--allow-non-integer", "--min-expression", "0.1", "--time-column", "hours",
+                                  "--model-input-size", tokens)]) == 0
+
+
 @pytest.fixture(scope="session")
 def hsmm_path() -> Path:
     return example_path("hsmm")

@@ -10,6 +10,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
+from conftest import tokenize_hsmm
 
 from maxtoki.cli import main as cli_main
 from maxtoki.vocab import Vocabulary
@@ -39,9 +40,7 @@ def released(tmp_path_factory, hsmm_path, hsmm_reference):
     model = LlamaForCausalLM(llama_config("217m", len(vocab)))
     model.save_pretrained(root / "released-217m")
     del model
-    assert cli("data", "tokenize", hsmm_path, "--vocab", root / "token_dictionary.pkl", "--medians", medians,
-               "--out", root / "cells", "--allow-non-integer", "--min-expression", "0.1", "--time-column", "hours",
-               "--model-input-size", 24) == 0
+    tokenize_hsmm(hsmm_path, root / "token_dictionary.pkl", medians, root / "cells", 24)
     assert cli("data", "paragraphs", root / "cells", "--out", root / "eval", "--num-examples", 8, "--eval",
                "--max-seq-len", 256) == 0
     assert cli("data", "paragraphs", root / "cells", "--out", root / "train", "--num-examples", 16,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tokenize_hsmm
 
 from maxtoki.cli import main as cli_main
 
@@ -37,8 +38,7 @@ def timestamp(checkpoint: Path) -> dict:
 def data(tmp_path_factory, hsmm_path, hsmm_reference):
     vocab, medians = hsmm_reference
     root = tmp_path_factory.mktemp("multiprocess")
-    cli("data", "tokenize", hsmm_path, "--vocab", vocab, "--medians", medians, "--out", root / "cells",
-        "--allow-non-integer", "--min-expression", "0.1", "--time-column", "hours", "--model-input-size", 64)
+    tokenize_hsmm(hsmm_path, vocab, medians, root / "cells", 64)
     cli("data", "paragraphs", root / "cells", "--out", root / "paragraphs", "--num-examples", 96, "--max-seq-len", 256)
     return root, str(vocab)
 

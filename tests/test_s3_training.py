@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tokenize_hsmm
 
 from maxtoki import storage
 from maxtoki.cli import main as cli_main
@@ -44,8 +45,7 @@ def _in_tmp(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def s3_data(s3_server, hsmm_path, hsmm_reference):
     vocab, medians = hsmm_reference
-    cli("data", "tokenize", hsmm_path, "--vocab", vocab, "--medians", medians, "--out", f"{BUCKET}/cells",
-        "--allow-non-integer", "--min-expression", "0.1", "--time-column", "hours", "--model-input-size", 64)
+    tokenize_hsmm(hsmm_path, vocab, medians, f"{BUCKET}/cells", 64)
     cli("data", "paragraphs", f"{BUCKET}/cells", "--out", f"{BUCKET}/paragraphs", "--num-examples", 64,
         "--max-seq-len", 256)
     cli("data", "paragraphs", f"{BUCKET}/cells", "--out", f"{BUCKET}/eval", "--num-examples", 12, "--eval",

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tokenize_hsmm
 
 from maxtoki.cli import main as cli_main
 from maxtoki.training import main as train_main
@@ -25,8 +26,7 @@ def hsmm_data(tmp_path_factory, hsmm_path, hsmm_reference):
     """HSMM cells cut to 128 tokens and paragraphs of up to 512 tokens (4 x 128), as in the demo."""
     vocab, medians = hsmm_reference
     root = tmp_path_factory.mktemp("train_data")
-    cli("data", "tokenize", hsmm_path, "--vocab", vocab, "--medians", medians, "--out", root / "cells",
-        "--allow-non-integer", "--min-expression", "0.1", "--time-column", "hours", "--model-input-size", 128)
+    tokenize_hsmm(hsmm_path, vocab, medians, root / "cells", 128)
     cli("data", "paragraphs", root / "cells", "--out", root / "paragraphs", "--num-examples", 200,
         "--max-seq-len", 512)
     return {"vocab": str(vocab), "cells": str(root / "cells"), "paragraphs": str(root / "paragraphs")}
@@ -327,9 +327,7 @@ def test_inference_refuses_bad_input_with_clear_messages(tmp_path, capsys, hsmm_
 
     # data made with another vocabulary than the model's
     cli("data", "vocab", "--medians", medians, "--out", tmp_path / "other.json", "--max-time", 100)
-    cli("data", "tokenize", hsmm_path, "--vocab", tmp_path / "other.json", "--medians", medians, "--out",
-        tmp_path / "other-cells", "--allow-non-integer", "--min-expression", "0.1", "--time-column", "hours",
-        "--model-input-size", 64)
+    tokenize_hsmm(hsmm_path, tmp_path / "other.json", medians, tmp_path / "other-cells", 64)
     cli("data", "paragraphs", tmp_path / "other-cells", "--out", tmp_path / "other-eval", "--eval",
         "--num-examples", 4, "--max-seq-len", 256)
     for command in (["predict", "time"], ["generate"]):
