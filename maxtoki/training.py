@@ -45,6 +45,15 @@ def load_recipe(path: str, overrides: list[str]):
     return cfg
 
 
+def recipe_loaders(cfg) -> list[tuple[str, dict]]:
+    """(key, loader) of the train loader and every eval loader a recipe sets (``eval_loader`` may be a list)."""
+    evals = cfg.get("eval_loader") or cfg.get("eval_loaders") or []
+    if not isinstance(evals, (list, tuple)) and type(evals).__name__ != "ListConfig":
+        evals = [evals]
+    loaders = [("train_loader", cfg.get("train_loader"))] + [("eval_loader", e) for e in evals]
+    return [(key, loader) for key, loader in loaders if loader]
+
+
 def localize_vocabularies(cfg) -> None:
     """An ``s3://`` vocabulary (e.g. the vocab.json every data output carries) is downloaded once, and the
     model and loaders are pointed at the local copy."""
@@ -60,11 +69,7 @@ def localize_vocabularies(cfg) -> None:
             storage.download_file(uri, copies[uri])
         return copies[uri]
 
-    sections = [cfg.get("model") or {}]
-    for key in ("train_loader", "eval_loader", "eval_loaders"):
-        loaders = cfg.get(key) or []
-        for loader in (loaders if type(loaders).__name__ in ("ListConfig", "list") else [loaders]):
-            sections.append((loader or {}).get("dataset") or {})
+    sections = [cfg.get("model") or {}, *((loader.get("dataset") or {}) for _, loader in recipe_loaders(cfg))]
     for section in sections:
         if storage.is_remote(str(section.get("vocab", ""))):
             section["vocab"] = local(str(section["vocab"]))
@@ -86,13 +91,7 @@ def check_recipe(cfg) -> None:
         raise MaxtokiError(f"model.vocab {vocab_path!r}: no such file (set variables.vocab=PATH)")
     vocab = Vocabulary.load(vocab_path)
     expected = "maxtoki.cells" if model["name"] == "maxtoki_pretrain" else "maxtoki.paragraphs"
-    loaders = [("train_loader", cfg.get("train_loader"))]
-    evals = cfg.get("eval_loader") or cfg.get("eval_loaders") or []
-    loaders += [("eval_loader", e) for e in (evals if isinstance(evals, (list, tuple)) or
-                                              type(evals).__name__ == "ListConfig" else [evals])]
-    for key, loader in loaders:
-        if not loader:
-            continue
+    for key, loader in recipe_loaders(cfg):
         location = str((loader.get("dataset") or {}).get("remote") or "")
         if not location:
             raise MaxtokiError(f"{key}.dataset.remote is not set (set variables.data=PATH or s3://...)")
@@ -112,7 +111,7 @@ def check_recipe(cfg) -> None:
         if not Path(str(load_path)).exists():
             raise MaxtokiError(f"load_path {load_path}: no such checkpoint")
         if Path(str(load_path)).is_file():
-            from maxtoki.inference.export import check_checkpoint_file
+            from maxtoki.checkpoint_files import check_checkpoint_file
 
             check_checkpoint_file(str(load_path), f"load_path {load_path}")
 
@@ -172,7 +171,7 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
         remove_unfinished_checkpoints(str(save_folder))
         latest = Path(str(save_folder)) / "latest-rank0.pt"
         if latest.is_file():
-            from maxtoki.inference.export import check_checkpoint_file
+            from maxtoki.checkpoint_files import check_checkpoint_file
 
             try:
                 check_checkpoint_file(latest)
