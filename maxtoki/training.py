@@ -106,6 +106,11 @@ def check_recipe(cfg) -> None:
         from maxtoki.model.builders import check_pretrained_vocabulary
 
         check_pretrained_vocabulary(str(model["pretrained"]), vocab, vocab_path)
+    save_folder = str(cfg.get("save_folder") or "")
+    if save_folder and "://" in save_folder:
+        from maxtoki import storage
+
+        storage.list_keys(save_folder)  # an unreachable server or a missing bucket fails here, in seconds
     load_path = cfg.get("load_path")
     if load_path and "://" not in str(load_path):
         if not Path(str(load_path)).exists():
@@ -147,6 +152,23 @@ def remove_stale_autoresume_copy(save_folder: str) -> None:
               flush=True)
 
 
+def storage_outage(exc: BaseException) -> str | None:
+    """The object-store failure behind an exception raised by training, if any (Composer re-raises its
+    uploader's errors as they are, or as a RuntimeError when the check for an uploaded checkpoint fails)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                                  "ConnectionClosedError", "ObjectStoreTransientError") or \
+                str(exc).startswith("Failed to check if checkpoint files upload finish"):
+            return str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+UPLOAD_ATTEMPTS = "12"  # botocore's capped exponential backoff: about two minutes before an upload gives up
+
+
 EXPECTED_WARNINGS = ("The tokenizer was not provided", "The shift_labels argument was set to False")
 
 
@@ -183,12 +205,21 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
     elif cfg.get("autoresume") and save_folder:
         remove_stale_autoresume_copy(str(save_folder))
     os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("AWS_MAX_ATTEMPTS", UPLOAD_ATTEMPTS)  # checkpoint uploads ride out a short outage
     quiet_expected_warnings()
     from llmfoundry.command_utils import train
 
     import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
 
-    trainer = train(cfg)
+    try:
+        trainer = train(cfg)
+    except Exception as exc:
+        outage = storage_outage(exc)
+        if outage is None:
+            raise
+        raise MaxtokiError(f"lost the object store during training ({outage}). The checkpoint that "
+                           f"{save_folder}/latest-rank0.pt names was uploaded whole; when the store is back, rerun "
+                           "the same command to resume from it") from None
     trainer.close()  # finishes uploads and loggers (the wandb run is complete on return); state stays readable
     return trainer
 

@@ -268,6 +268,9 @@ def test_unreachable_s3_fails_within_seconds(tmp_path, capsys, monkeypatch, hsmm
     start = time.monotonic()
     assert train_main([PRETRAIN, "variables.data=s3://nowhere/cells", f"variables.vocab={hsmm_data['vocab']}"]) == 2
     assert "cannot reach the S3 server" in capsys.readouterr().err
+    assert train_main([PRETRAIN, f"variables.data={hsmm_data['cells']}", f"variables.vocab={hsmm_data['vocab']}",
+                       "save_folder=s3://nowhere/run"]) == 2  # local data, checkpoints to an unreachable store
+    assert "s3://nowhere/run: cannot reach the S3 server" in capsys.readouterr().err
     assert cli_main(["predict", "time", "--checkpoint", "s3://nowhere/run/latest-rank0.pt", "--data",
                      "s3://nowhere/eval", "--out", str(tmp_path / "x")]) == 2
     assert "cannot reach the S3 server" in capsys.readouterr().err

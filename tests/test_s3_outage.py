@@ -1,0 +1,114 @@
+"""The object store goes away during training and comes back: nothing is lost.
+
+A short outage is ridden out (the uploads retry and the run finishes by itself); a long one stops the run
+with a clear message, and the same command resumes from the last checkpoint that reached the bucket and
+finishes. The server is a real process, stopped and started again on the same port.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port, tokenize_hsmm
+from helpers.restartable_s3 import RestartableS3Server
+
+ROOT = Path(__file__).resolve().parent.parent
+BUCKET = "maxtoki-outage"
+RUN = f"s3://{BUCKET}/run"
+BATCHES = 400
+
+pytestmark = pytest.mark.s3
+
+
+@pytest.fixture
+def server():
+    server = RestartableS3Server(free_port(), BUCKET)
+    server.start()
+    yield server
+    if server.process is not None:
+        server.process.terminate()
+        server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory, hsmm_path, hsmm_reference):
+    vocab, medians = hsmm_reference
+    out = tmp_path_factory.mktemp("outage") / "cells"
+    tokenize_hsmm(hsmm_path, vocab, medians, str(out), 64)
+    return out, vocab
+
+
+def train(server, cells, tmp_path, log_name, **env):
+    """Start ``scripts/train.py`` on stage 1 with checkpoints on the server; its output goes to a file."""
+    data, vocab = cells
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "S3_ENDPOINT_URL": server.endpoint, "PYTHONUNBUFFERED": "1", **env}
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), str(ROOT / "configs" / "pretrain" / "tiny-cpu.yaml"),
+               f"variables.data={data}", f"variables.vocab={vocab}", "max_seq_len=64", f"save_folder={RUN}",
+               f"max_duration={BATCHES}ba", "save_interval=50ba", f"eval_interval={BATCHES}ba",
+               "eval_subset_num_batches=1", "global_train_batch_size=8", "device_train_microbatch_size=8",
+               "console_log_interval=10ba", "loggers={}"]
+    log = open(tmp_path / log_name, "w")
+    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def latest(server) -> int:
+    """The batch of the checkpoint that the bucket's latest-rank0.pt.symlink names."""
+    body = server.client().get_object(Bucket=BUCKET, Key="run/latest-rank0.pt.symlink")["Body"].read().decode()
+    return int(re.search(r"-ba(\d+)-", body).group(1))
+
+
+def checkpoints(server) -> list[int]:
+    return sorted(int(m.group(1)) for k in server.keys() if (m := re.search(r"-ba(\d+)-rank0\.pt$", k)))
+
+
+def logged_batches(log: Path) -> list[int]:
+    return [int(b) for b in re.findall(rf"\[batch=(\d+)/{BATCHES}\]", log.read_text())]
+
+
+def stop_once_on_s3(server, key):
+    wait_for(lambda: key in server.keys(), 300, f"{key} on S3")
+    server.stop()
+
+
+def test_a_short_outage_is_ridden_out(server, cells, tmp_path):
+    child = train(server, cells, tmp_path, "train.log")
+    stop_once_on_s3(server, "run/ep1-ba50-rank0.pt")
+    time.sleep(8)
+    server.start()
+    assert child.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    assert latest(server) == BATCHES
+    assert checkpoints(server) == list(range(50, BATCHES + 1, 50))  # including the one saved during the outage
+    assert logged_batches(tmp_path / "train.log") == [1, *range(10, BATCHES + 1, 10)]  # one run, start to end
+
+
+@pytest.mark.slow  # two runs and an outage: about 3.5 minutes
+def test_a_long_outage_stops_the_run_and_the_same_command_finishes_it(server, cells, tmp_path):
+    # one attempt per upload stands for an outage longer than the retries (about two minutes by default)
+    child = train(server, cells, tmp_path, "first.log", AWS_MAX_ATTEMPTS="1")
+    stop_once_on_s3(server, "run/latest-rank0.pt.symlink")
+    assert child.wait(timeout=600) == 2
+    first = (tmp_path / "first.log").read_text()
+    assert "maxtoki: error: lost the object store during training" in first
+    assert "rerun the same command" in first and "Traceback" not in first
+    server.start()
+    resumed_from = latest(server)
+    assert 0 < resumed_from < BATCHES
+    child = train(server, cells, tmp_path, "again.log")
+    assert child.wait(timeout=600) == 0, (tmp_path / "again.log").read_text()[-3000:]
+    assert latest(server) == BATCHES
+    assert checkpoints(server)[-1] == BATCHES
+    resumed = logged_batches(tmp_path / "again.log")
+    assert resumed[0] == resumed_from + 1 and resumed[-1] == BATCHES  # from the checkpoint, not from scratch
