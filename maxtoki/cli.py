@@ -40,6 +40,30 @@ def _add_model_options(parser: argparse.ArgumentParser, data_help: str, out_help
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
+def _add_analysis_options(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """Options both analyses share: the model, the cells and how contexts are drawn."""
+    _add_model_options(parser, "an .h5ad (with --medians) or cell shards (maxtoki data tokenize)", out_help, 64)
+    parser.add_argument("--vocab", help="the model's vocabulary, to tokenize an .h5ad (default: the checkpoint "
+                                        "directory's vocab.json)")
+    parser.add_argument("--medians", help="the gene medians of the training data, to tokenize an .h5ad")
+    parser.add_argument("--gene-id-column", metavar="COL")
+    parser.add_argument("--allow-non-integer", action="store_true")
+    parser.add_argument("--model-input-size", type=int, metavar="N",
+                        help="genes per cell when tokenizing an .h5ad, as for the training cells (default: the "
+                             "model's context shared by the context and query cells)")
+    parser.add_argument("--time-column", default="age", metavar="COL",
+                        help="obs column with each cell's time (.h5ad; shards use their 'time')")
+    parser.add_argument("--donor-column", required=True, metavar="COL",
+                        help="the trajectory a cell belongs to, e.g. donor (contexts come from one donor)")
+    parser.add_argument("--match-columns", nargs="+", default=[], metavar="COL",
+                        help="context and query cells agree on these columns (e.g. cell_type)")
+    parser.add_argument("--context-cells", type=int, default=2, metavar="N",
+                        help="context cells at distinct times before the query (default 2)")
+    parser.add_argument("--time-scale", type=float, default=1.0, metavar="S",
+                        help="time tokens per time-column unit, as given to `data paragraphs` (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maxtoki", description="Temporal single-cell foundation model toolkit.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -48,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict_commands = predict.add_subparsers(dest="predict_command", required=True, metavar="COMMAND")
     predict_time = predict_commands.add_parser("time", help="TimeBetweenCells: predicted time between cells")
     _add_model_options(predict_time, "evaluation paragraphs (maxtoki data paragraphs --eval)", "output directory", 8)
-    predict_time.add_argument("--train-data", help="training paragraphs, for the baselines' means")
+    predict_time.add_argument("--train-data", help="training paragraphs, to fit the baselines on (default: "
+                                                   "the evaluation data, cross-fitted for the linear one)")
     predict_time.set_defaults(handler=_run_predict_time)
 
     generate = commands.add_parser("generate", help="NextCell: generate the cell expected after a time")
@@ -91,6 +116,36 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--additive-penalty", type=float, default=10.0)
     imported.add_argument("--timelapse-loss", choices=("numeric", "cross_entropy"), default="numeric")
     imported.set_defaults(handler=_run_import)
+
+    analyze = commands.add_parser("analyze", help="age acceleration and in-silico perturbation")
+    analyze_commands = analyze.add_subparsers(dest="analyze_command", required=True, metavar="COMMAND")
+    acceleration = analyze_commands.add_parser(
+        "age-acceleration", help="do case cells read older than age-matched controls under a normal context?")
+    _add_analysis_options(acceleration, "output directory (acceleration.json, pairs.csv, acceleration.png)")
+    acceleration.add_argument("--condition-column", required=True, metavar="COL", help="e.g. condition or disease")
+    acceleration.add_argument("--case", required=True, metavar="VALUE", help="the condition's value, e.g. disease")
+    acceleration.add_argument("--control", required=True, metavar="VALUE", help="the controls' value, e.g. normal")
+    acceleration.add_argument("--age-tolerance", type=float, default=0.0, metavar="T",
+                              help="largest |age difference| of a case cell and its control (time-column units)")
+    acceleration.add_argument("--pairs", type=int, default=400, help="case/control pairs (default 400)")
+    acceleration.add_argument("--bootstrap", type=int, default=1000, help="resamples of case donors (default 1000)")
+    acceleration.add_argument("--confidence", type=float, default=0.95)
+    acceleration.set_defaults(handler=_run_age_acceleration)
+    perturbation = analyze_commands.add_parser(
+        "perturb", help="delete or overexpress genes in query cells; rank genes by the shift of predicted time")
+    _add_analysis_options(perturbation, "output directory (effects.csv, shifts.csv, perturb.json, perturb.png)")
+    genes = perturbation.add_mutually_exclusive_group()
+    genes.add_argument("--genes", nargs="+", default=[], metavar="GENE", help="Ensembl IDs to perturb")
+    genes.add_argument("--top-genes", type=int, default=100, metavar="N",
+                       help="perturb the N genes expressed in most query cells (default 100)")
+    perturbation.add_argument("--modes", nargs="+", default=["delete", "overexpress"],
+                              choices=["delete", "overexpress"])
+    perturbation.add_argument("--query-cells", type=int, default=100, metavar="N", help="cells to perturb")
+    perturbation.add_argument("--query-where", nargs="+", default=[], metavar="COL=VALUE",
+                              help="perturb only cells with these values (e.g. condition=control)")
+    perturbation.add_argument("--context-where", nargs="+", default=[], metavar="COL=VALUE",
+                              help="draw context cells only among cells with these values")
+    perturbation.set_defaults(handler=_run_perturb)
 
     data = commands.add_parser("data", help="prepare training data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
@@ -373,10 +428,15 @@ def _run_predict_time(args) -> None:
     from maxtoki.inference.predict_time import predict_time
 
     metrics = predict_time(args.checkpoint, args.data, args.out, args.train_data, args.batch_size, args.device)
-    model, base = metrics["model"], metrics["baseline_training_mean"]
-    print(f"{metrics['examples']} TimeBetweenCells prompts: median |error| {model['median_absolute_error']:.2f} "
-          f"(training-mean baseline {base['median_absolute_error']:.2f}), MAE {model['mae']:.2f}, Pearson r "
-          f"{model['pearson_r']:.3f}; predictions.csv, metrics.json and predicted_vs_true.png in {args.out}")
+    print(f"{metrics['examples']} TimeBetweenCells prompts        median |error|      MAE  Pearson r")
+    for label, key in (("model (expected value)", "model"), ("baseline: training-mean Δ", "baseline_training_mean"),
+                       ("baseline: per-group mean Δ", "baseline_group_mean"),
+                       ("baseline: linear regressor", "baseline_linear")):
+        row = metrics[key]
+        pearson = "-" if row["pearson_r"] != row["pearson_r"] else f"{row['pearson_r']:.3f}"  # NaN: constant
+        print(f"  {label:<36}{row['median_absolute_error']:>10.2f}{row['mae']:>9.2f}{pearson:>11}")
+    print(f"(linear regressor {metrics['baseline_linear_fit']}); predictions.csv, metrics.json and "
+          f"predicted_vs_true.png in {args.out}")
 
 
 def _run_generate(args) -> None:
@@ -394,6 +454,55 @@ def _run_embed(args) -> None:
                 allow_non_integer=args.allow_non_integer, min_expression=args.min_expression,
                 batch_size=args.batch_size, device=args.device)
     print(f"wrote {out} with obsm[{EMBEDDING_KEY!r}]; in scanpy: sc.pp.neighbors(adata, use_rep={EMBEDDING_KEY!r})")
+
+
+def _analysis_inputs(args, columns: list[str]):
+    """The model and the cells of an analysis command, checked against each other."""
+    from maxtoki.analysis.cells import load_cells, model_vocabulary
+    from maxtoki.analysis.prompts import ContextOptions
+    from maxtoki.inference.predict_time import load_model
+
+    h5ad = str(args.data).endswith(".h5ad")
+    vocab = model_vocabulary(args.checkpoint, args.vocab) if h5ad else None
+    model = load_model(args.checkpoint, vocab) if vocab else None
+    cells = load_cells(args.data, [args.donor_column, *args.match_columns, *columns], time_column=args.time_column,
+                       vocab=vocab, medians=args.medians, gene_id_column=args.gene_id_column,
+                       allow_non_integer=args.allow_non_integer,
+                       model_input_size=args.model_input_size or (
+                           model.config.max_position_embeddings // (args.context_cells + 1) if model else 4096))
+    model = model or load_model(args.checkpoint, cells.vocab)
+    return model, cells, ContextOptions(args.donor_column, tuple(args.match_columns), args.context_cells,
+                                        args.time_scale)
+
+
+def _run_age_acceleration(args) -> None:
+    from maxtoki.analysis.age_acceleration import AccelerationOptions, age_acceleration
+
+    model, cells, context = _analysis_inputs(args, [args.condition_column])
+    options = AccelerationOptions(args.condition_column, args.case, args.control, args.age_tolerance, args.pairs,
+                                  args.bootstrap, args.confidence, args.seed)
+    summary = age_acceleration(model, cells, args.out, context, options, args.batch_size, args.device)
+    low, high = summary["calibrated_interval"]
+    raw_low, raw_high = summary["acceleration_interval"]
+    print(f"{args.case} vs age-matched {args.control} ({summary['pairs']} pairs, {summary['case_donors']} case "
+          f"donors): age acceleration {summary['calibrated']:+.2f} time units calibrated "
+          f"[{low:+.2f}, {high:+.2f}], {summary['acceleration']:+.2f} raw [{raw_low:+.2f}, {raw_high:+.2f}] "
+          f"({args.confidence:.0%} intervals); acceleration.json, pairs.csv and acceleration.png in {args.out}")
+
+
+def _run_perturb(args) -> None:
+    from maxtoki.analysis.perturb import PerturbOptions, perturb
+    from maxtoki.data.splits import parse_holdout_values
+
+    query_where, context_where = parse_holdout_values(args.query_where), parse_holdout_values(args.context_where)
+    model, cells, context = _analysis_inputs(args, [c for c, _ in [*query_where, *context_where]])
+    options = PerturbOptions(tuple(args.genes), args.top_genes, tuple(args.modes), args.query_cells,
+                             tuple(query_where), tuple(context_where), args.seed)
+    effects = perturb(model, cells, args.out, context, options, args.batch_size, args.device)
+    top = effects.iloc[0]
+    print(f"{effects['gene'].nunique()} genes x {len(options.modes)} perturbations; strongest: {top['mode']} "
+          f"{top['gene']} shifts the predicted time by {top['mean_shift']:+.2f} over {top['cells']} cells; "
+          f"effects.csv, shifts.csv and perturb.png in {args.out}")
 
 
 def _run_export(args) -> None:
@@ -433,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = _apply_config(parser, argv)
-        if args.command in ("predict", "generate", "embed", "export-hf", "import-hf"):
+        if args.command in ("predict", "generate", "embed", "export-hf", "import-hf", "analyze"):
             keep_freed_memory()
         args.handler(args)
     except MaxtokiError as exc:

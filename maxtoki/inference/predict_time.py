@@ -1,8 +1,9 @@
 """TimeBetweenCells inference: one forward pass per prompt ending in ``<eoq>``.
 
 The softmax at ``<eoq>``, renormalized over the numeric tokens, gives the expected time (in time
-units) and its arg-max token. Results are scored against the truth and against two baselines
-that need no model: the training-mean Δ and the per-group mean Δ.
+units) and its arg-max token. Results are scored against the truth and against three baselines
+that need no model: the training-mean Δ, the per-group mean Δ, and a linear regressor on the
+cells' expression (``linear_baseline``), as in the paper.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 from maxtoki.data.blueprint import TASK_NAMES, TIME_BETWEEN_CELLS
 from maxtoki.data.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
+from maxtoki.inference.linear_baseline import linear_baseline
+from maxtoki.inference.timelapse_readout import TimelapseReadout
 from maxtoki.vocab import Vocabulary
 
 
@@ -61,8 +64,7 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
         raise MaxtokiError(f"{len(too_long)} prompts are longer ({max(too_long)} tokens) than the model's context "
                            f"({limit}); make paragraphs with --max-seq-len {limit}")
     model = model.to(device)
-    numeric_ids = torch.as_tensor(vocab.numeric_ids, device=device)
-    values = torch.as_tensor(vocab.numeric_values[vocab.numeric_ids], dtype=torch.float64, device=device)
+    readout = TimelapseReadout(vocab, device)
     expected, argmax = [], []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -75,16 +77,15 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
                 mask[row, :len(example["prompt_ids"])] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             last = mask.sum(dim=1) - 1
-            at_eoq = logits[torch.arange(len(batch)), last.to(device)][:, numeric_ids].double()
-            probabilities = torch.softmax(at_eoq, dim=-1)
-            expected.append((probabilities @ values).cpu().numpy())
-            argmax.append(values[probabilities.argmax(dim=-1)].cpu().numpy())
+            batch_expected, batch_argmax = readout(logits[torch.arange(len(batch)), last.to(device)])
+            expected.append(batch_expected)
+            argmax.append(batch_argmax)
     return np.concatenate(expected), np.concatenate(argmax)
 
 
 def scores(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
     error = predicted - true
-    pearson = float(np.corrcoef(predicted, true)[0, 1]) if len(true) > 1 and predicted.std() > 0 else float("nan")
+    pearson = float(np.corrcoef(predicted, true)[0, 1]) if len(true) > 1 and np.ptp(predicted) > 0 else float("nan")
     return {"mae": float(np.abs(error).mean()), "median_absolute_error": float(np.median(np.abs(error))),
             "rmse": float(np.sqrt((error ** 2).mean())), "pearson_r": pearson}
 
@@ -100,19 +101,23 @@ def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | 
     table = pd.DataFrame({"group": [str(e["group"]) for e in examples],
                           "true_timelapse": [int(e["timelapse"]) for e in examples],
                           "predicted_timelapse": expected, "argmax_timelapse": argmax.astype(int)})
-    reference = CellStore(train_data) if train_data else None
-    train = [e for e in reference if int(e["task"]) == 1] if reference else examples
+    training = [e for e in CellStore(train_data) if int(e["task"]) == TIME_BETWEEN_CELLS] if train_data else None
+    train = training or examples
     train_deltas = pd.DataFrame({"group": [str(e["group"]) for e in train],
                                  "timelapse": [float(e["timelapse"]) for e in train]})
     mean = float(train_deltas["timelapse"].mean())
     group_means = train_deltas.groupby("group")["timelapse"].mean()
     true = table["true_timelapse"].to_numpy(dtype=float)
+    linear, linear_fit = linear_baseline(examples, vocab, training)
+    table["linear_baseline_timelapse"] = linear
     metrics = {
         "examples": len(table),
         "model": scores(expected, true),
         "model_argmax": scores(argmax.astype(float), true),
         "baseline_training_mean": scores(np.full(len(true), mean), true),
         "baseline_group_mean": scores(table["group"].map(group_means).fillna(mean).to_numpy(dtype=float), true),
+        "baseline_linear": scores(linear, true),
+        "baseline_linear_fit": linear_fit,
         "baselines_from": train_data or f"{data} itself (no --train-data given: optimistic baselines)",
     }
     out = Path(out)

@@ -1,0 +1,201 @@
+"""Age acceleration of a condition (the paper's analysis): is a case cell read as older than an
+age-matched control cell, under the same normal context?
+
+Each pair shares one context of control cells (one donor, several times); its queries are a case cell
+and a control cell of another donor with the same age (within a tolerance) and the same match
+columns. The predicted age of a query is the last context time plus the predicted timelapse.
+
+    acceleration = mean over pairs of (predicted - true age of the case) - (predicted - true age of the control)
+
+Every regressor shrinks its predictions towards the mean (slope < 1 of predicted on true age among
+the controls), which shrinks the acceleration by the same factor; ``calibrated`` divides by that
+slope to give the shift in time units. Confidence intervals come from a bootstrap over case donors
+(cells of one donor are not independent).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maxtoki.analysis.cells import AnalysisCells
+from maxtoki.analysis.prompts import ContextOptions, ContextSampler
+from maxtoki.analysis.timelapse import SharedContextPredictor
+from maxtoki.data.parallel import progress_bar
+from maxtoki.errors import MaxtokiError
+
+
+@dataclass(frozen=True)
+class AccelerationOptions:
+    condition_column: str
+    case: str
+    control: str
+    age_tolerance: float = 0.0  # in time-column units
+    pairs: int = 400
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+
+def build_pairs(cells: AnalysisCells, context: ContextOptions, options: AccelerationOptions) -> pd.DataFrame:
+    """Draw case cells, their age-matched control cells and a shared context for each pair."""
+    obs = cells.obs
+    condition = obs[options.condition_column].to_numpy()
+    cases, controls = np.flatnonzero(condition == options.case), np.flatnonzero(condition == options.control)
+    for name, found in ((options.case, cases), (options.control, controls)):
+        if not len(found):
+            raise MaxtokiError(f"no cell has {options.condition_column}={name}; the values are: "
+                               f"{', '.join(sorted(map(str, set(condition))))}")
+    sampler = ContextSampler(cells, controls, context)
+    ages, donors = obs["time"].to_numpy(dtype=float), obs[context.donor_column].to_numpy()
+    match = [obs[c].to_numpy() for c in context.match_columns]
+    rng = np.random.default_rng(options.seed)
+    rows, misses = [], 0
+    for case in rng.permutation(np.resize(cases, max(options.pairs, len(cases))))[:options.pairs]:
+        candidates = controls[np.abs(ages[controls] - ages[case]) <= options.age_tolerance]
+        for column in match:
+            candidates = candidates[column[candidates] == column[case]]
+        if not len(candidates):
+            misses += 1
+            continue
+        control = int(candidates[rng.integers(len(candidates))])
+        context_cells = sampler.sample(control, rng, exclude_donors=(donors[case],))
+        if context_cells is None:
+            misses += 1
+            continue
+        rows.append({"case": int(case), "control": control, "context": context_cells})
+    if not rows:
+        raise MaxtokiError(f"no case cell found an age-matched control (±{options.age_tolerance}) and a control "
+                           f"donor for the context ({misses} tried); widen --age-tolerance, check --match-columns "
+                           "or lower --context-cells")
+    return pd.DataFrame(rows)
+
+
+def predict_pairs(cells: AnalysisCells, pairs: pd.DataFrame, context: ContextOptions,
+                  predictor: SharedContextPredictor, max_seq_len: int) -> pd.DataFrame:
+    """One row per query (two per pair) with its true and predicted age in time-column units."""
+    sampler = ContextSampler(cells, np.array([], dtype=int), context)
+    obs = cells.obs
+    rows = []
+    with progress_bar(len(pairs), "age acceleration", unit="pairs") as bar:
+        for pair, (case, control, context_cells) in enumerate(pairs[["case", "control", "context"]].itertuples(
+                index=False)):
+            queries = [cells.input_ids[case], cells.input_ids[control]]
+            prefix, last_time = sampler.prompt(context_cells, max(queries, key=len), max_seq_len)
+            deltas = predictor(prefix, queries)
+            for role, position, delta in (("case", case, deltas[0]), ("control", control, deltas[1])):
+                rows.append({"pair": pair, "role": role, "cell_id": obs.index[position],
+                             "donor": obs[context.donor_column].iloc[position],
+                             "context_donor": obs[context.donor_column].iloc[context_cells[0]],
+                             "true_age": float(obs["time"].iloc[position]),
+                             "predicted_age": (last_time + float(delta)) / context.time_scale})
+            bar.update(1)
+    table = pd.DataFrame(rows)
+    table["residual"] = table["predicted_age"] - table["true_age"]
+    return table
+
+
+@dataclass
+class PairArrays:
+    """Per pair: the case and control residuals, the control's true and predicted age, the case donor."""
+    case_residual: np.ndarray
+    control_residual: np.ndarray
+    control_true: np.ndarray
+    control_predicted: np.ndarray
+    case_donor: np.ndarray
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame) -> PairArrays:
+        case = table[table["role"] == "case"].set_index("pair").sort_index()
+        control = table[table["role"] == "control"].set_index("pair").sort_index()
+        return cls(case["residual"].to_numpy(), control["residual"].to_numpy(), control["true_age"].to_numpy(),
+                   control["predicted_age"].to_numpy(), case["donor"].to_numpy())
+
+
+def estimate(pairs: PairArrays, rows: np.ndarray | slice = slice(None)) -> dict[str, float]:
+    """Raw and slope-calibrated acceleration over the chosen pairs."""
+    raw = float((pairs.case_residual[rows] - pairs.control_residual[rows]).mean())
+    true, predicted = pairs.control_true[rows], pairs.control_predicted[rows]
+    slope = float(np.polyfit(true, predicted, 1)[0]) if np.ptp(true) > 0 else float("nan")
+    return {"acceleration": raw, "slope": slope, "calibrated": raw / slope if slope > 0.05 else float("nan")}
+
+
+def bootstrap(pairs: PairArrays, options: AccelerationOptions) -> dict[str, np.ndarray]:
+    """Estimates over resamples of case donors (a drawn donor brings all its pairs)."""
+    rng = np.random.default_rng(options.seed + 1)
+    donors, inverse = np.unique(pairs.case_donor, return_inverse=True)
+    members = [np.flatnonzero(inverse == d) for d in range(len(donors))]
+    draws = {"acceleration": [], "calibrated": []}
+    for _ in range(options.bootstrap):
+        rows = np.concatenate([members[d] for d in rng.integers(len(donors), size=len(donors))])
+        result = estimate(pairs, rows)
+        for key in draws:
+            draws[key].append(result[key])
+    return {k: np.asarray(v) for k, v in draws.items()}
+
+
+def age_acceleration(model, cells: AnalysisCells, out: str | Path, context: ContextOptions,
+                     options: AccelerationOptions, batch_size: int = 64, device: str = "cpu") -> dict:
+    """Write pairs.csv, acceleration.json and acceleration.png to ``out``; returns the summary."""
+    pairs = build_pairs(cells, context, options)
+    predictor = SharedContextPredictor(model, cells.vocab, batch_size, device)
+    table = predict_pairs(cells, pairs, context, predictor, model.config.max_position_embeddings)
+    arrays = PairArrays.from_table(table)
+    point = estimate(arrays)
+    draws = bootstrap(arrays, options)
+    tail = (1 - options.confidence) / 2 * 100
+    summary = {
+        **{key: point[key] for key in ("acceleration", "calibrated", "slope")},
+        **{f"{key}_interval": [float(np.nanpercentile(draws[key], q)) for q in (tail, 100 - tail)]
+           for key in ("acceleration", "calibrated")},
+        "pairs": int(table["pair"].nunique()),
+        "case_donors": int(table.loc[table["role"] == "case", "donor"].nunique()),
+        "control_donors": int(table.loc[table["role"] == "control", "donor"].nunique()),
+        "control_mae": float(table.loc[table["role"] == "control", "residual"].abs().mean()),
+        "options": {**asdict(options), **asdict(context)},
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "pairs.csv", index=False)
+    (out / "acceleration.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plot(table, summary, draws, out / "acceleration.png")
+    return summary
+
+
+def _plot(table: pd.DataFrame, summary: dict, draws: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    options = summary["options"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for role, colour in (("control", "tab:blue"), ("case", "tab:red")):
+        rows = table[table["role"] == role]
+        label = options["control"] if role == "control" else options["case"]
+        left.scatter(rows["true_age"], rows["predicted_age"], s=10, alpha=0.5, color=colour, label=label)
+    low, high = table[["true_age", "predicted_age"]].min().min(), table[["true_age", "predicted_age"]].max().max()
+    left.plot([low, high], [low, high], color="grey", linewidth=1, label="predicted = true")
+    left.set_xlabel("true age")
+    left.set_ylabel("predicted age (context + predicted timelapse)")
+    left.legend(fontsize=8)
+    key = "calibrated" if np.isfinite(summary["calibrated"]) else "acceleration"
+    right.hist(draws[key][np.isfinite(draws[key])], bins=40, color="grey", alpha=0.7)
+    right.axvline(summary[key], color="tab:red", label=f"estimate {summary[key]:.1f}")
+    for bound in summary[f"{key}_interval"]:
+        right.axvline(bound, color="tab:red", linestyle="--", linewidth=1)
+    right.axvline(0, color="black", linewidth=1)
+    right.set_xlabel(f"{'calibrated ' if key == 'calibrated' else ''}age acceleration (time units); "
+                     f"{options['confidence']:.0%} interval dashed")
+    right.set_ylabel("bootstrap resamples of case donors")
+    right.legend(fontsize=8)
+    fig.suptitle(f"{options['case']} vs age-matched {options['control']}: {summary['acceleration']:+.1f} raw, "
+                 f"{summary['calibrated']:+.1f} calibrated (slope {summary['slope']:.2f}), {summary['pairs']} pairs",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

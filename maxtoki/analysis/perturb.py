@@ -1,0 +1,155 @@
+"""In-silico perturbation (the paper's driver screen): delete a gene from a query cell's rank list or
+overexpress it (move it to the top), and measure how the predicted timelapse moves.
+
+Each query cell gets one context (as in ``prompts``); the unperturbed cell and all of its perturbed
+variants are read after that context, which runs once (``SharedContextPredictor``). The effect of a
+gene is the mean shift of the predicted time over the cells it changed, in time-column units;
+genes are ranked by the size of that shift.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maxtoki.analysis.cells import AnalysisCells
+from maxtoki.analysis.prompts import ContextOptions, ContextSampler
+from maxtoki.analysis.timelapse import SharedContextPredictor
+from maxtoki.data.parallel import progress_bar
+from maxtoki.errors import MaxtokiError
+
+MODES = ("delete", "overexpress")
+
+
+@dataclass(frozen=True)
+class PerturbOptions:
+    genes: tuple[str, ...] = ()  # token names (Ensembl IDs); empty: the top_genes most frequent in the queries
+    top_genes: int = 100
+    modes: tuple[str, ...] = MODES
+    query_cells: int = 100
+    query_where: tuple[tuple[str, str], ...] = ()
+    context_where: tuple[tuple[str, str], ...] = ()
+    seed: int = 0
+
+
+def delete(cell: np.ndarray, gene: int) -> np.ndarray | None:
+    """The cell without the gene, or None when the cell does not express it (nothing to delete)."""
+    keep = cell != gene
+    return None if keep.all() else cell[keep]
+
+
+def overexpress(cell: np.ndarray, gene: int, max_length: int) -> np.ndarray | None:
+    """The gene moved to the top of the rank list (added when absent, pushing the last gene out of a cell
+    at the length limit), or None when it already is the top gene."""
+    if len(cell) > 1 and cell[1] == gene:
+        return None
+    rest = cell[1:-1][cell[1:-1] != gene]
+    genes = np.concatenate([[gene], rest])[:max_length - 2]
+    return np.concatenate([cell[:1], genes, cell[-1:]]).astype(cell.dtype)
+
+
+def choose_genes(cells: AnalysisCells, queries: np.ndarray, options: PerturbOptions) -> np.ndarray:
+    vocab = cells.vocab
+    if options.genes:
+        unknown = [g for g in options.genes if g not in vocab or not vocab.is_gene[vocab[g]]]
+        if unknown:
+            raise MaxtokiError(f"{len(unknown)} genes are not in the model's vocabulary (first: {unknown[0]}); "
+                               "give Ensembl IDs as in the vocabulary")
+        return np.array([vocab[g] for g in dict.fromkeys(options.genes)])
+    counts = np.bincount(np.concatenate([cells.input_ids[q] for q in queries]).astype(np.int64),
+                         minlength=len(vocab))
+    counts[~vocab.is_gene] = 0
+    ranked = np.argsort(-counts, kind="stable")
+    return ranked[:min(options.top_genes, int((counts > 0).sum()))]
+
+
+def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOptions, options: PerturbOptions,
+            batch_size: int = 64, device: str = "cpu") -> pd.DataFrame:
+    """Write effects.csv (one row per gene and mode), shifts.csv (per cell), perturb.json and perturb.png."""
+    bad = [m for m in options.modes if m not in MODES]
+    if bad:
+        raise MaxtokiError(f"unknown perturbation {bad[0]!r}; choose from {', '.join(MODES)}")
+    rng = np.random.default_rng(options.seed)
+    eligible = cells.where(options.query_where)
+    if not len(eligible):
+        raise MaxtokiError(f"no cell matches {options.query_where}")
+    sampler = ContextSampler(cells, cells.where(options.context_where), context)
+    queries, contexts = [], []
+    for query in rng.permutation(eligible):
+        chosen = sampler.sample(query, rng)
+        if chosen is not None:
+            queries.append(int(query))
+            contexts.append(chosen)
+        if len(queries) == options.query_cells:
+            break
+    if not queries:
+        raise MaxtokiError("no query cell has a context donor; check --context-where, --match-columns and "
+                           "--context-cells")
+    genes = choose_genes(cells, np.array(queries), options)
+    predictor = SharedContextPredictor(model, cells.vocab, batch_size, device)
+    limit = model.config.max_position_embeddings
+    shifts = []
+    with progress_bar(len(queries), "perturb", unit="cells") as bar:
+        for query, context_cells in zip(queries, contexts):
+            cell = np.asarray(cells.input_ids[query])
+            variants, labels = [cell], [None]
+            for mode in options.modes:
+                for gene in genes:
+                    changed = delete(cell, gene) if mode == "delete" else overexpress(cell, gene, cells.max_length)
+                    if changed is not None:
+                        variants.append(changed)
+                        labels.append((mode, int(gene)))
+            prefix, _ = sampler.prompt(context_cells, max(variants, key=len), limit)
+            deltas = predictor(prefix, variants)
+            shifts.extend({"cell_id": cells.obs.index[query], "mode": mode, "gene": cells.vocab.token(gene),
+                           "baseline": deltas[0] / context.time_scale,
+                           "shift": (delta - deltas[0]) / context.time_scale}
+                          for (mode, gene), delta in zip(labels[1:], deltas[1:]))
+            bar.update(1)
+    per_cell = pd.DataFrame(shifts)
+    effects = summarize(per_cell, len(queries))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_cell.to_csv(out / "shifts.csv", index=False)
+    effects.to_csv(out / "effects.csv", index=False)
+    summary = {"query_cells": len(queries), "genes": len(genes), "options": {**asdict(options), **asdict(context)},
+               "top": effects.head(10).to_dict(orient="records")}
+    (out / "perturb.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _plot(effects, out / "perturb.png")
+    return effects
+
+
+def summarize(per_cell: pd.DataFrame, query_cells: int) -> pd.DataFrame:
+    """Mean shift per gene and mode with its standard error, ranked by size."""
+    grouped = per_cell.groupby(["mode", "gene"])["shift"]
+    effects = grouped.agg(cells="size", mean_shift="mean", std="std").reset_index()
+    effects["standard_error"] = effects["std"].fillna(0) / np.sqrt(effects["cells"])
+    effects["fraction_of_cells"] = effects["cells"] / query_cells
+    effects = effects.drop(columns="std").sort_values("mean_shift", key=np.abs, ascending=False)
+    effects["rank"] = np.arange(1, len(effects) + 1)
+    return effects.reset_index(drop=True)
+
+
+def _plot(effects: pd.DataFrame, path: Path, top: int = 20) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(effects["mode"]))
+    fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 0.3 * top + 1.5), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        rows = effects[effects["mode"] == mode].head(top)[::-1]
+        colours = ["tab:red" if s > 0 else "tab:blue" for s in rows["mean_shift"]]
+        ax.barh(rows["gene"], rows["mean_shift"], xerr=rows["standard_error"], color=colours)
+        ax.axvline(0, color="black", linewidth=1)
+        ax.set_title(f"{mode}: top {len(rows)} genes", fontsize=10)
+        ax.set_xlabel("shift of the predicted time (time units; red: older)")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,80 @@
+"""The linear baseline of the paper (an ``SGDRegressor``), for TimeBetweenCells: the timelapse regressed
+on the expression of the last context cell and of the query cell.
+
+Expression is what the model sees, the rank-value encoding: a gene at rank r of a cell with n genes
+scores 1 - r/n, an absent gene 0. Fitted on the training paragraphs; without them, on the evaluation
+examples themselves by cross-fitting over groups (each example is predicted by a regressor that
+never saw its group), so the baseline is always scored on examples it was not fitted on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maxtoki.vocab import Vocabulary
+
+
+def prompt_of(example: dict) -> np.ndarray:
+    """The prompt of an evaluation example, or of a training example (``input_ids`` up to ``prompt_length``)."""
+    if "prompt_ids" in example:
+        return np.asarray(example["prompt_ids"])
+    return np.asarray(example["input_ids"])[:int(example["prompt_length"])]
+
+
+def _rank_scores(cell: np.ndarray, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    genes = cell[vocab.is_gene[cell]]
+    return genes.astype(np.int64), 1.0 - np.arange(len(genes)) / max(len(genes), 1)
+
+
+def features(examples: list[dict], vocab: Vocabulary):
+    """Sparse (examples x 2·vocabulary) rank scores: the last context cell's block, then the query's."""
+    import scipy.sparse as sp
+
+    rows, columns, values = [], [], []
+    for row, example in enumerate(examples):
+        prompt = prompt_of(example)
+        boq = int(np.flatnonzero(prompt == vocab.boq_id)[-1])
+        context_start = int(np.flatnonzero(prompt[:boq] == vocab.bos_id)[-1])
+        for offset, cell in ((0, prompt[context_start:boq]), (len(vocab), prompt[boq + 1:-1])):
+            genes, scores = _rank_scores(cell, vocab)
+            rows.append(np.full(len(genes), row))
+            columns.append(genes + offset)
+            values.append(scores)
+    return sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))),
+                         shape=(len(examples), 2 * len(vocab)))
+
+
+def _regressor(seed: int):
+    from sklearn.linear_model import SGDRegressor
+
+    return SGDRegressor(alpha=1e-3, max_iter=2000, tol=1e-5, random_state=seed)
+
+
+def _fit_predict(train_x, train_y: np.ndarray, test_x, seed: int) -> np.ndarray:
+    scale = float(train_y.std()) or 1.0
+    mean = float(train_y.mean())
+    regressor = _regressor(seed).fit(train_x, (train_y - mean) / scale)
+    return regressor.predict(test_x) * scale + mean
+
+
+def linear_baseline(evaluation: list[dict], vocab: Vocabulary, training: list[dict] | None = None,
+                    folds: int = 5, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Predicted timelapses of the evaluation examples, and how they were fitted."""
+    from sklearn.model_selection import GroupKFold, KFold
+
+    x = features(evaluation, vocab)
+    if training:
+        train_y = np.array([float(e["timelapse"]) for e in training])
+        return _fit_predict(features(training, vocab), train_y, x, seed), "fitted on the training paragraphs"
+    y = np.array([float(e["timelapse"]) for e in evaluation])
+    groups = np.array([str(e["group"]) for e in evaluation])
+    n_groups = len(np.unique(groups))
+    if n_groups >= 2:
+        splitter, how = GroupKFold(min(folds, n_groups)), f"cross-fitted over {min(folds, n_groups)} folds of groups"
+    else:
+        splitter = KFold(min(folds, len(y)), shuffle=True, random_state=seed)
+        how = f"cross-fitted over {min(folds, len(y))} folds of examples (one group only)"
+    predicted = np.empty(len(y))
+    for train_rows, test_rows in splitter.split(x, y, groups):
+        predicted[test_rows] = _fit_predict(x[train_rows], y[train_rows], x[test_rows], seed)
+    return predicted, how
