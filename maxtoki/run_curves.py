@@ -32,6 +32,9 @@ def read_run(run: str | Path) -> tuple[list[dict], dict]:
     from wandb.sdk.internal import datastore
 
     path = find_run_file(run)
+    if path.stat().st_size < datastore.LEVELDBLOG_HEADER_LEN:
+        raise MaxtokiError(f"{path}: the run file is empty; wandb has not written this run yet (try again when "
+                           "the run has started, or has finished)")
     store = datastore.DataStore()
     store.open_for_scan(str(path))
     rows, config = [], {}

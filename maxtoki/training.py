@@ -220,7 +220,11 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
         raise MaxtokiError(f"lost the object store during training ({outage}). The checkpoint that "
                            f"{save_folder}/latest-rank0.pt names was uploaded whole; when the store is back, rerun "
                            "the same command to resume from it") from None
-    trainer.close()  # finishes uploads and loggers (the wandb run is complete on return); state stays readable
+    trainer.close()  # finishes uploads and loggers; state stays readable
+    if "wandb" in sys.modules:
+        import wandb
+
+        wandb.teardown()  # waits for wandb's writer process: the run file is complete on return
     return trainer
 
 
