@@ -6,10 +6,12 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-TUTORIALS = sorted((Path(__file__).parent.parent / "tutorials").glob("*.ipynb"))
+SLOW = {"analysis"}  # trains a model that has learned time: about ten minutes
+TUTORIALS = [pytest.param(p, marks=[pytest.mark.slow] if p.stem in SLOW else [], id=p.stem)
+             for p in sorted((Path(__file__).parent.parent / "tutorials").glob("*.ipynb"))]
 
 
-@pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", TUTORIALS)
 def test_tutorial_runs(notebook, tmp_path):
     nb = nbformat.read(notebook, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "clear outputs in git"
