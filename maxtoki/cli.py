@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="perturb only cells with these values (e.g. condition=control)")
     perturbation.add_argument("--context-where", nargs="+", default=[], metavar="COL=VALUE",
                               help="draw context cells only among cells with these values")
+    perturbation.add_argument("--next-cell", type=float, metavar="T",
+                              help="also generate each perturbed cell's next cell T time units later (NextCell) "
+                                   "and report how much it changed")
     perturbation.set_defaults(handler=_run_perturb)
 
     data = commands.add_parser("data", help="prepare training data")
@@ -497,7 +500,7 @@ def _run_perturb(args) -> None:
     query_where, context_where = parse_holdout_values(args.query_where), parse_holdout_values(args.context_where)
     model, cells, context = _analysis_inputs(args, [c for c, _ in [*query_where, *context_where]])
     options = PerturbOptions(tuple(args.genes), args.top_genes, tuple(args.modes), args.query_cells,
-                             tuple(query_where), tuple(context_where), args.seed)
+                             tuple(query_where), tuple(context_where), args.next_cell, args.seed)
     effects = perturb(model, cells, args.out, context, options, args.batch_size, args.device)
     top = effects.iloc[0]
     print(f"{effects['gene'].nunique()} genes x {len(options.modes)} perturbations; strongest: {top['mode']} "

@@ -128,7 +128,7 @@ def test_perturb_screens_genes_over_cells_from_shards(simulated):
     out = simulated / "perturb"
     cli("analyze", "perturb", "--checkpoint", simulated / "model", "--data", simulated / "cells",
         "--donor-column", "donor", "--top-genes", 8, "--query-cells", 5, "--query-where", "condition=control",
-        "--context-where", "condition=control", "--time-scale", 1 / 12, "--out", out)
+        "--context-where", "condition=control", "--time-scale", 1 / 12, "--next-cell", 120, "--out", out)
     effects = pd.read_csv(out / "effects.csv")
     shifts = pd.read_csv(out / "shifts.csv")
     assert set(effects["mode"]) == {"delete", "overexpress"} and effects["gene"].nunique() == 8
@@ -144,6 +144,10 @@ def test_perturb_screens_genes_over_cells_from_shards(simulated):
     mine = shifts[(shifts["mode"] == first["mode"]) & (shifts["gene"] == first["gene"])]["shift"]
     assert first["mean_shift"] == pytest.approx(mine.mean()) and first["cells"] == len(mine)
     assert (out / "perturb.png").exists() and json.loads((out / "perturb.json").read_text())["query_cells"] == 5
+    # NextCell after each variant: the generated cell's change, 0 (same genes) to 1 (no gene in common)
+    assert shifts["next_cell_change"].between(0, 1).all()
+    assert first["mean_next_cell_change"] == pytest.approx(
+        shifts[(shifts["mode"] == first["mode"]) & (shifts["gene"] == first["gene"])]["next_cell_change"].mean())
 
 
 def test_analyses_refuse_what_they_cannot_use(simulated, capsys):

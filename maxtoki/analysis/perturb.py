@@ -4,7 +4,9 @@ overexpress it (move it to the top), and measure how the predicted timelapse mov
 Each query cell gets one context (as in ``prompts``); the unperturbed cell and all of its perturbed
 variants are read after that context, which runs once (``SharedContextPredictor``). The effect of a
 gene is the mean shift of the predicted time over the cells it changed, in time-column units;
-genes are ranked by the size of that shift.
+genes are ranked by the size of that shift. With ``next_cell``, every variant is also continued with
+NextCell (``variant <boq> Δ <eoq>`` -> the cell expected Δ later, greedy), and the change of the generated
+cell is one minus the Jaccard overlap of its genes with the unperturbed cell's continuation.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class PerturbOptions:
     query_cells: int = 100
     query_where: tuple[tuple[str, str], ...] = ()
     context_where: tuple[tuple[str, str], ...] = ()
+    next_cell: float | None = None  # time-column units after which to generate the next cell; None: no NextCell
     seed: int = 0
 
 
@@ -105,10 +108,14 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
                         labels.append((mode, int(gene)))
             prefix, _ = sampler.prompt(context_cells, max(variants, key=len), limit)
             deltas = predictor(prefix, variants)
-            shifts.extend({"cell_id": cells.obs.index[query], "mode": mode, "gene": cells.vocab.token(gene),
-                           "baseline": deltas[0] / context.time_scale,
-                           "shift": (delta - deltas[0]) / context.time_scale}
-                          for (mode, gene), delta in zip(labels[1:], deltas[1:]))
+            rows = [{"cell_id": cells.obs.index[query], "mode": mode, "gene": cells.vocab.token(gene),
+                     "baseline": deltas[0] / context.time_scale, "shift": (delta - deltas[0]) / context.time_scale}
+                    for (mode, gene), delta in zip(labels[1:], deltas[1:])]
+            if options.next_cell is not None:
+                for row, change in zip(rows, next_cell_changes(model, variants, cells.vocab, options.next_cell,
+                                                               context, batch_size, device)):
+                    row["next_cell_change"] = change
+            shifts.extend(rows)
             bar.update(1)
     per_cell = pd.DataFrame(shifts)
     effects = summarize(per_cell, len(queries))
@@ -123,10 +130,30 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
     return effects
 
 
+def next_cell_changes(model, variants: list[np.ndarray], vocab, after: float, context: ContextOptions,
+                      batch_size: int, device: str) -> list[float]:
+    """1 - Jaccard overlap of the genes generated after each perturbed variant and after the unperturbed cell
+    (``variants[0]``)."""
+    from maxtoki.data.blueprint import NEXT_CELL
+    from maxtoki.data.paragraphs import assemble, to_time_units
+    from maxtoki.inference.generate import Sampling, generate_cells
+
+    delta = int(to_time_units(np.array([after]), context.time_scale)[0])
+    limit = model.config.max_position_embeddings
+    prompts = [assemble([variant, variant], np.array([0, delta]), NEXT_CELL, vocab, limit)[0] for variant in variants]
+    budget = min(max(len(v) for v in variants), limit - max(len(p) for p in prompts))
+    generated = generate_cells(model, prompts, vocab, Sampling(max_new_tokens=budget), batch_size, device)
+    genes = [set(cell[vocab.is_gene[cell]].tolist()) for cell in generated]
+    return [1.0 - len(g & genes[0]) / max(len(g | genes[0]), 1) for g in genes[1:]]
+
+
 def summarize(per_cell: pd.DataFrame, query_cells: int) -> pd.DataFrame:
-    """Mean shift per gene and mode with its standard error, ranked by size."""
-    grouped = per_cell.groupby(["mode", "gene"])["shift"]
-    effects = grouped.agg(cells="size", mean_shift="mean", std="std").reset_index()
+    """Mean shift per gene and mode with its standard error, ranked by size (and the mean change of the
+    generated next cell, when measured)."""
+    grouped = per_cell.groupby(["mode", "gene"])
+    effects = grouped["shift"].agg(cells="size", mean_shift="mean", std="std").reset_index()
+    if "next_cell_change" in per_cell:
+        effects["mean_next_cell_change"] = grouped["next_cell_change"].mean().to_numpy()
     effects["standard_error"] = effects["std"].fillna(0) / np.sqrt(effects["cells"])
     effects["fraction_of_cells"] = effects["cells"] / query_cells
     effects = effects.drop(columns="std").sort_values("mean_shift", key=np.abs, ascending=False)
