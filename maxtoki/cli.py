@@ -49,7 +49,7 @@ def _add_analysis_options(parser: argparse.ArgumentParser, out_help: str) -> Non
     parser.add_argument("--gene-id-column", metavar="COL")
     parser.add_argument("--allow-non-integer", action="store_true")
     parser.add_argument("--model-input-size", type=int, metavar="N",
-                        help="genes per cell when tokenizing an .h5ad, as for the training cells (default: the "
+                        help="tokens per cell when tokenizing an .h5ad, as for the training cells (default: the "
                              "model's context shared by the context and query cells)")
     parser.add_argument("--time-column", default="age", metavar="COL",
                         help="obs column with each cell's time (.h5ad; shards use their 'time')")
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="one vector per cell -> obsm['X_maxtoki'] of an .h5ad")
     _add_model_options(embed, "cell shards, or an .h5ad (needs a HF directory and --medians)", "output .h5ad", 16)
     embed.add_argument("--medians", help="gene medians, to tokenize an .h5ad")
+    embed.add_argument("--vocab", help="the model's vocabulary, to tokenize an .h5ad (default: the checkpoint "
+                                       "directory's vocab.json)")
     embed.add_argument("--gene-id-column", metavar="COL")
     embed.add_argument("--allow-non-integer", action="store_true")
     embed.add_argument("--min-expression", type=float, default=0.0, metavar="X")
@@ -453,16 +455,17 @@ def _run_generate(args) -> None:
 def _run_embed(args) -> None:
     from maxtoki.inference.embed import EMBEDDING_KEY, embed
 
-    out = embed(args.checkpoint, args.data, args.out, medians=args.medians, gene_id_column=args.gene_id_column,
-                allow_non_integer=args.allow_non_integer, min_expression=args.min_expression,
-                batch_size=args.batch_size, device=args.device)
+    out = embed(args.checkpoint, args.data, args.out, medians=args.medians, vocab_path=args.vocab,
+                gene_id_column=args.gene_id_column, allow_non_integer=args.allow_non_integer,
+                min_expression=args.min_expression, batch_size=args.batch_size, device=args.device)
     print(f"wrote {out} with obsm[{EMBEDDING_KEY!r}]; in scanpy: sc.pp.neighbors(adata, use_rep={EMBEDDING_KEY!r})")
 
 
 def _analysis_inputs(args, columns: list[str]):
     """The model and the cells of an analysis command, checked against each other."""
-    from maxtoki.analysis.cells import load_cells, model_vocabulary
+    from maxtoki.analysis.cells import load_cells
     from maxtoki.analysis.prompts import ContextOptions
+    from maxtoki.inference.export import model_vocabulary
     from maxtoki.inference.predict_time import load_model
 
     h5ad = str(args.data).endswith(".h5ad")

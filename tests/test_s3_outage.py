@@ -30,8 +30,7 @@ def server():
     server.start()
     yield server
     if server.process is not None:
-        server.process.terminate()
-        server.process.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -384,6 +384,11 @@ def test_embeddings_from_shards_and_from_h5ad_agree(tmp_path, hsmm_data, hsmm_pa
     assert from_shards.obsm["X_maxtoki"].shape == (271, 64) and direct.n_vars == 47192
     assert list(from_shards.obs_names) == list(direct.obs_names)
     assert np.allclose(from_shards.obsm["X_maxtoki"], direct.obsm["X_maxtoki"], atol=1e-5)
+    # a Composer checkpoint tokenizes an .h5ad with the vocabulary given by --vocab
+    cli("embed", "--checkpoint", checkpoint, "--vocab", hsmm_data["vocab"], "--data", hsmm_path, "--out",
+        tmp_path / "with_vocab.h5ad", "--medians", medians, "--allow-non-integer", "--min-expression", 0.1)
+    assert np.allclose(ad.read_h5ad(tmp_path / "with_vocab.h5ad").obsm["X_maxtoki"], direct.obsm["X_maxtoki"],
+                       atol=1e-6)
     # the pooling: mean over gene tokens of the final hidden states
     vocab = Vocabulary.load(hsmm_data["vocab"])
     model = load_composer_checkpoint(str(checkpoint))

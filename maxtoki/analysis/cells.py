@@ -32,17 +32,6 @@ class AnalysisCells:
         return np.flatnonzero(keep)
 
 
-def model_vocabulary(checkpoint: str, vocab: str | None) -> Vocabulary:
-    """``--vocab``, or the vocab.json of a Hugging Face directory made by export-hf or import-hf."""
-    if vocab:
-        return Vocabulary.load(vocab)
-    path = Path(checkpoint) / "vocab.json"
-    if path.exists():
-        return Vocabulary.load(path)
-    raise MaxtokiError("tokenizing an .h5ad needs the model's vocabulary: give --vocab (the vocab.json of the "
-                       "training data) or a --checkpoint directory made by export-hf")
-
-
 def load_cells(data: str, columns: list[str], *, time_column: str, vocab: Vocabulary | None = None,
                medians: str | None = None, model_input_size: int = 4096, gene_id_column: str | None = None,
                allow_non_integer: bool = False) -> AnalysisCells:

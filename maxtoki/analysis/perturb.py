@@ -117,6 +117,9 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
                     row["next_cell_change"] = change
             shifts.extend(rows)
             bar.update(1)
+    if not shifts:
+        raise MaxtokiError(f"no perturbation changed any of the {len(queries)} query cells: the genes are not "
+                           "expressed in them (delete), or already their top gene (overexpress)")
     per_cell = pd.DataFrame(shifts)
     effects = summarize(per_cell, len(queries))
     out = Path(out)

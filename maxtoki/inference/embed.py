@@ -43,22 +43,24 @@ def embed_tokens(model, cells: list[np.ndarray], vocab: Vocabulary, batch_size: 
     return np.concatenate(out)
 
 
-def embed(checkpoint: str, data: str, out: str | Path, *, medians: str | None = None,
+def embed(checkpoint: str, data: str, out: str | Path, *, medians: str | None = None, vocab_path: str | None = None,
           gene_id_column: str | None = None, allow_non_integer: bool = False, min_expression: float = 0.0,
           batch_size: int = 16, device: str = "cpu") -> Path:
-    """Embed the cells of an .h5ad (tokenized here, with ``medians``) or of cell shards; write an .h5ad."""
+    """Embed the cells of an .h5ad (tokenized here, with ``medians`` and the model's vocabulary) or of cell
+    shards; write an .h5ad."""
     import anndata as ad
     import pandas as pd
 
     from maxtoki.data.cell_store import CellStore
     from maxtoki.data.tokenize import tokenize_anndata
+    from maxtoki.inference.export import model_vocabulary
     from maxtoki.inference.predict_time import load_model
 
     if str(data).endswith(".h5ad"):
         if not medians:
             raise MaxtokiError("embedding an .h5ad tokenizes it first: give --medians (and the options used for "
                                "the training data)")
-        vocab = _model_vocab(checkpoint, data)
+        vocab = model_vocabulary(checkpoint, vocab_path)
         adata = ad.read_h5ad(data)
         model = load_model(checkpoint, vocab)
         cells = tokenize_anndata(adata, vocab, medians, gene_id_column=gene_id_column,
@@ -83,11 +85,3 @@ def embed(checkpoint: str, data: str, out: str | Path, *, medians: str | None = 
     out.parent.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(out)
     return out
-
-
-def _model_vocab(checkpoint: str, data: str) -> Vocabulary:
-    path = Path(checkpoint) / "vocab.json"
-    if path.exists():
-        return Vocabulary.load(path)
-    raise MaxtokiError(f"{data}: to tokenize an .h5ad the model's vocabulary is needed; give a Hugging Face "
-                       "directory made by `maxtoki export-hf` (it holds vocab.json)")

@@ -57,6 +57,18 @@ def export_hf(checkpoint: str, out: str | Path, vocab_path: str | Path, time_uni
     return write_model_directory(model, vocab, out, time_unit)
 
 
+def model_vocabulary(checkpoint: str, vocab: str | None = None) -> Vocabulary:
+    """``vocab`` if given, else the vocab.json of a model directory made by export-hf or import-hf; needed to
+    tokenize an .h5ad for a model (a Composer checkpoint holds only its vocabulary's checksum)."""
+    if vocab:
+        return Vocabulary.load(vocab)
+    path = Path(checkpoint) / VOCAB_NAME
+    if path.exists():
+        return Vocabulary.load(path)
+    raise MaxtokiError("tokenizing an .h5ad needs the model's vocabulary: give --vocab (the vocab.json of the "
+                       "training data) or a --checkpoint directory made by export-hf")
+
+
 def write_model_directory(model, vocab: Vocabulary, out: str | Path, time_unit: str) -> Path:
     """Weights and ``config.json`` (``save_pretrained``), ``vocab.json`` and ``maxtoki.json`` in ``out``."""
     settings = dict(getattr(model.config, "maxtoki", None) or {})
