@@ -174,3 +174,29 @@ def _obs(simulated) -> pd.DataFrame:
     import anndata as ad
 
     return ad.read_h5ad(simulated / "sim.h5ad", backed="r").obs.astype(str)
+
+
+def test_the_linear_baseline_reads_time_off_expression_fitted_or_cross_fitted_over_groups(tiny_vocab):
+    from maxtoki.inference.linear_baseline import features, linear_baseline
+
+    v, genes = tiny_vocab, [int(i) for i in tiny_vocab.gene_ids]
+    rng = np.random.default_rng(0)
+
+    def example(group, rank):  # the rank of the first gene in the query cell sets Δ
+        order = [g for g in rng.permutation(genes[1:])]
+        query = order[:rank] + [genes[0]] + order[rank:]
+        context = list(rng.permutation(genes))
+        prompt = [v.bos_id, *context, v.eos_id, v.boq_id, v.bos_id, *query, v.eos_id, v.eoq_id]
+        return {"prompt_ids": np.array(prompt), "timelapse": 2 * rank - 4, "group": group}
+
+    examples = [example(f"donor{i % 6}", int(rng.integers(5))) for i in range(240)]
+    x = features(examples[:1], v)
+    query_block = x[0, len(v):].toarray().ravel()
+    rank = examples[0]["prompt_ids"].tolist()[9:14].index(genes[0])  # the query's genes follow <boq> <bos>
+    assert query_block[genes[0]] == pytest.approx(1 - rank / 5) and query_block.sum() == pytest.approx(3.0)
+    predicted, how = linear_baseline(examples, v)
+    truth = np.array([e["timelapse"] for e in examples], dtype=float)
+    assert how == "cross-fitted over 5 folds of groups"
+    assert np.corrcoef(predicted, truth)[0, 1] > 0.95
+    predicted, how = linear_baseline(examples[:40], v, training=examples[40:])
+    assert how == "fitted on the training paragraphs" and np.abs(predicted - truth[:40]).mean() < 0.5

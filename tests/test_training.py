@@ -222,6 +222,8 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
     assert set(metrics["model"]) == {"mae", "median_absolute_error", "rmse", "pearson_r"}
     assert metrics["baselines_from"] == hsmm_data["paragraphs"]
+    assert metrics["baseline_linear_fit"] == "fitted on the training paragraphs"
+    assert table["linear_baseline_timelapse"].notna().all()
     assert (tmp_path / "pred" / "predicted_vs_true.png").stat().st_size > 10_000
     assert cli_main(["predict", "time", "--checkpoint", str(checkpoint), "--data", hsmm_data["paragraphs"],
                      "--out", str(tmp_path / "x")]) == 2  # training layout: no prompts apart
