@@ -223,8 +223,8 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
         if unlinked and not cfg.get("save_overwrite"):
             # autoresume starts from the linked checkpoint; the run passes these again and must replace them
             cfg["save_overwrite"] = True
-            print(f"maxtoki: {', '.join(unlinked)} in {save_folder} were uploaded but never linked as latest (the "
-                  "run stopped first); resuming from the linked checkpoint, this run replaces them", flush=True)
+            print(f"maxtoki: {save_folder} holds checkpoints uploaded but never linked as latest (the run stopped "
+                  f"first): {', '.join(unlinked)}; resuming from the linked one, this run replaces them", flush=True)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("AWS_MAX_ATTEMPTS", UPLOAD_ATTEMPTS)  # checkpoint uploads ride out a short outage
     quiet_expected_warnings()
