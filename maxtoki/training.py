@@ -199,7 +199,8 @@ def quiet_expected_warnings() -> None:
 
 
 def train_from_recipe(recipe: str, overrides: list[str] = ()):
-    """Check and run a recipe; returns Composer's closed ``Trainer`` after training (for notebooks and tests)."""
+    """Check and run a recipe; returns Composer's closed ``Trainer`` after training (for notebooks and tests), or
+    None when autoresume finds the run already finished."""
     cfg = load_recipe(recipe, list(overrides))
     localize_vocabularies(cfg)
     check_recipe(cfg)
@@ -234,6 +235,12 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
 
     try:
         trainer = train(cfg)
+    except ValueError as exc:
+        if "is less than or equal to the elapsed training duration" not in str(exc):
+            raise
+        print(f"maxtoki: the run in {save_folder} has already trained for max_duration ({cfg.get('max_duration')}); "
+              "nothing to do (raise max_duration to train on, or give another save_folder)", flush=True)
+        return None
     except Exception as exc:
         outage = storage_outage(exc)
         if outage is None:

@@ -15,6 +15,7 @@ PYTHON=".venv/bin/python"
 HSMM="maxtoki/datasets/hsmm_myoblast_timecourse.h5ad"
 PARAGRAPHS=(--max-seq-len 1024 --min-timepoints 2 --max-timepoints 2 --holdout-fraction 0.2 --seed 0 --overwrite)
 mkdir -p "$OUT"
+rm -rf "$OUT/runs"  # a fresh demo trains from scratch (training itself would resume a finished run: nothing to do)
 START=$SECONDS
 
 echo "== 1/8 gene medians (median of each gene's non-zero normalized expression)"

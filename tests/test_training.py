@@ -66,6 +66,16 @@ def test_stage1_trains_and_loss_falls(stage1):
     assert metrics["NextGenePerplexity"] == pytest.approx(np.exp(metrics["NextGeneCrossEntropy"]), rel=1e-4)
 
 
+def test_rerunning_a_finished_run_is_a_no_op(stage1, hsmm_data, capsys):
+    _, checkpoint = stage1
+    before = checkpoint.resolve().read_bytes()
+    assert train_from_recipe(PRETRAIN, [f"variables.data={hsmm_data['cells']}", f"variables.vocab={hsmm_data['vocab']}",
+                                        "max_seq_len=128", "optimizer.lr=0.01",
+                                        *common(checkpoint.parent.parent, "p", 16)]) is None
+    assert "has already trained for max_duration (16ba); nothing to do" in capsys.readouterr().out
+    assert checkpoint.resolve().read_bytes() == before
+
+
 def stage2_args(hsmm_data, checkpoint):
     return [f"variables.data={hsmm_data['paragraphs']}", f"variables.vocab={hsmm_data['vocab']}",
             f"variables.pretrained={checkpoint}", "max_seq_len=512",
