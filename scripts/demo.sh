@@ -73,7 +73,7 @@ Finished in $((SECONDS - START)) s. What was written:
   $OUT/cells/                     MDS shards, one rank-value-encoded cell per sample (maxtoki data inspect)
   $OUT/paragraphs/train|holdout   stage-2 training examples; holdout uses only held-out cells
   $OUT/eval/holdout               TimeBetweenCells prompts made of held-out cells only
-  $OUT/runs/pretrain|temporal     Composer checkpoints (latest-rank0.pt); rerunning resumes them
+  $OUT/runs/pretrain|temporal     Composer checkpoints (latest-rank0.pt)
   $OUT/predictions/               predictions.csv, metrics.json and predicted_vs_true.png
   $OUT/hf-model/                  LlamaForCausalLM.from_pretrained("$OUT/hf-model") loads it
 
@@ -82,7 +82,7 @@ prompt. The training-mean baseline always answers the average Δ of the training
 (about 0, as later and earlier query cells are equally likely), so a model that has learned
 to place a cell in time beats its MAE and has a positive Pearson r. The linear regressor (the
 paper's SGDRegressor) reads Δ off the two cells' rank-encoded expression; it is fitted on the
-training paragraphs. This tiny model sees
-271 cells for a few minutes on a CPU: it shows the pipeline, not the accuracy of a 217m
-model trained on millions of cells. Stage 1 sees the expression of every cell but no times.
+training paragraphs. This tiny model sees 271 cells for a few minutes on a CPU: it shows the
+pipeline, not the accuracy of a 217m model trained on millions of cells. Stage 1 sees the
+expression of every cell but no times.
 MSG
