@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anndata as ad
@@ -15,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers.ports import free_port, wait_for_port
 
 from maxtoki.datasets import example_path
 from maxtoki.vocab import Vocabulary
@@ -89,12 +88,6 @@ def hsmm_reference(tmp_path_factory, hsmm_path):
     return root / "vocab.json", root / "medians.json"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) in its own process on 127.0.0.1, with a bucket."""
@@ -107,15 +100,7 @@ def s3_server():
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    raise RuntimeError("the moto S3 server did not start") from None
-                time.sleep(0.2)
+        wait_for_port(port, process, "the moto S3 server")
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="maxtoki-test")

@@ -57,7 +57,7 @@ def test_unfinished_remote_output_and_failed_runs(capsys, tmp_path, s3_server, t
 
 
 def test_unreachable_server_fails_fast(capsys, tmp_path, tiny_files, monkeypatch):
-    from conftest import free_port
+    from helpers.ports import free_port
 
     vocab, medians, write = tiny_files
     monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, tokenize_hsmm
+from conftest import tokenize_hsmm
+from helpers.ports import free_port
 from helpers.restartable_s3 import RestartableS3Server
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -272,7 +272,7 @@ def test_damaged_checkpoints_are_refused_never_loaded(tmp_path, capsys, hsmm_dat
 def test_unreachable_s3_fails_within_seconds(tmp_path, capsys, monkeypatch, hsmm_data):
     import time
 
-    from conftest import free_port
+    from helpers.ports import free_port
 
     monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

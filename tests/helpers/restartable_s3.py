@@ -9,29 +9,11 @@ objects, never an empty store.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{what} did not start") from None
-            time.sleep(0.1)
+from helpers.ports import free_port, wait_for_port
 
 
 class RestartableS3Server:
@@ -50,17 +32,17 @@ class RestartableS3Server:
                             aws_secret_access_key="testing", region_name="us-east-1")
 
     def start(self) -> None:
-        self.private_port = _free_port()
+        self.private_port = free_port()
         self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                          str(self.private_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_port(self.private_port, self.process, "the moto S3 server")
+        wait_for_port(self.private_port, self.process, "the moto S3 server")
         client = self.client(self.private_port)
         client.create_bucket(Bucket=self.bucket)
         for key, body in self.objects.items():
             client.put_object(Bucket=self.bucket, Key=key, Body=body)
         self.proxy = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tcp_proxy.py")), str(self.port),
                                        str(self.private_port)])
-        _wait_for_port(self.port, self.proxy, "the S3 port")
+        wait_for_port(self.port, self.proxy, "the S3 port")
 
     def keys(self) -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
