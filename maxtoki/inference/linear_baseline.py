@@ -70,11 +70,12 @@ def linear_baseline(evaluation: list[dict], vocab: Vocabulary, training: list[di
     groups = np.array([str(e["group"]) for e in evaluation])
     n_groups = len(np.unique(groups))
     if n_groups >= 2:
-        splitter, how = GroupKFold(min(folds, n_groups)), f"cross-fitted over {min(folds, n_groups)} folds of groups"
+        splits = GroupKFold(min(folds, n_groups)).split(x, y, groups)
+        how = f"cross-fitted over {min(folds, n_groups)} folds of groups"
     else:
-        splitter = KFold(min(folds, len(y)), shuffle=True, random_state=seed)
+        splits = KFold(min(folds, len(y)), shuffle=True, random_state=seed).split(x, y)
         how = f"cross-fitted over {min(folds, len(y))} folds of examples (one group only)"
     predicted = np.empty(len(y))
-    for train_rows, test_rows in splitter.split(x, y, groups):
+    for train_rows, test_rows in splits:
         predicted[test_rows] = _fit_predict(x[train_rows], y[train_rows], x[test_rows], seed)
     return predicted, how
