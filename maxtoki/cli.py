@@ -442,6 +442,8 @@ def _run_predict_time(args) -> None:
         print(f"  {label:<36}{row['median_absolute_error']:>10.2f}{row['mae']:>9.2f}{pearson:>11}")
     print(f"(linear regressor {metrics['baseline_linear_fit']}); predictions.csv, metrics.json and "
           f"predicted_vs_true.png in {args.out}")
+    if metrics["warning"]:
+        print(f"maxtoki: warning: {metrics['warning']}", file=sys.stderr)
 
 
 def _run_generate(args) -> None:

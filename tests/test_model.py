@@ -124,6 +124,16 @@ def test_the_output_layer_runs_only_on_scored_positions(vocab, objective):
         scored = model(batch)
         full = backbone(input_ids=tokens, attention_mask=batch["attention_mask"]).logits
     expected = gather_scored(full, *scored_labels(batch, objective))
+    # where a cell is predicted, only <bos>, genes and <eos> can come next
+    cell_tokens = torch.as_tensor([vocab.bos_id, *vocab.gene_ids, vocab.eos_id])
+    in_cell = ~expected.readout
+    assert (scored.logits[in_cell][:, cell_tokens] > -1e30).all()
+    not_cell = torch.ones(scored.logits.shape[-1], dtype=torch.bool)
+    not_cell[cell_tokens] = False
+    assert (scored.logits[in_cell][:, not_cell] == torch.finfo(torch.float32).min).all()
+    expected.logits[in_cell] = expected.logits[in_cell].masked_fill(not_cell, torch.finfo(torch.float32).min)
+    full[:, :, not_cell] = torch.where(expected_in_cell_positions(batch, objective)[..., None],
+                                       torch.finfo(torch.float32).min, full[:, :, not_cell])
     if objective == "pretrain":  # every real token but the last of each row
         assert scored.rows.tolist() == [0] * 8 + [1] * 7
     else:  # the <eoq> of row 0, the response of row 1 (<eoq> -> <bos>, <bos> -> 5, 5 -> ... cut by padding)
@@ -142,6 +152,60 @@ def test_the_output_layer_runs_only_on_scored_positions(vocab, objective):
         reference = stage2_loss(full, batch, numeric_ids=ids, numeric_values=values, label_scalar=200.0,
                                 additive_penalty=10.0)
         assert loss["total"].item() == pytest.approx(reference["total"].item(), rel=1e-5)
+
+
+def expected_in_cell_positions(batch, objective):
+    labels, readout = scored_labels(batch, objective)
+    return (labels != IGNORE) & ~readout
+
+
+def test_numeric_mass_penalty_moves_mass_without_reshaping_the_time_distribution(vocab):
+    from maxtoki.model.losses import numeric_distribution, numeric_mass_penalty
+
+    ids, values = numeric(vocab)
+    logits = torch.randn(3, len(vocab), generator=torch.Generator().manual_seed(1), requires_grad=True)
+    penalty = numeric_mass_penalty(logits, ids)
+    plain = 1 - torch.softmax(logits, dim=-1)[:, ids].sum(dim=-1)
+    torch.testing.assert_close(penalty, plain)  # the value is P(non-numeric)
+    penalty.sum().backward()
+    numeric_gradient = logits.grad[:, ids]
+    # the same gradient on every time token: a step changes their total mass, not their distribution
+    torch.testing.assert_close(numeric_gradient, numeric_gradient[:, :1].expand_as(numeric_gradient))
+    assert (numeric_gradient < 0).all()
+    with torch.no_grad():
+        before = numeric_distribution(logits, ids, values)
+        after = numeric_distribution(logits - 100.0 * logits.grad, ids, values)
+    torch.testing.assert_close(before[0], after[0], rtol=1e-4, atol=1e-4)  # expected time
+    torch.testing.assert_close(before[1], after[1], rtol=1e-4, atol=1e-4)  # spread
+    assert (after[2] < before[2]).all()  # less mass off the time tokens
+
+
+def test_spread_of_the_time_distribution(vocab):
+    from maxtoki.model.losses import numeric_distribution
+
+    ids, values = numeric(vocab)
+    logits = torch.full((1, len(vocab)), -1e4)
+    logits[0, vocab.time_token(2)] = logits[0, vocab.time_token(6)] = 0.0  # half at 2, half at 6
+    expected, spread, off = numeric_distribution(logits, ids, values)
+    assert expected.item() == pytest.approx(4.0) and spread.item() == pytest.approx(2.0) and off.item() < 1e-6
+
+
+def test_stage1_leaves_the_time_tokens_untouched(vocab):
+    """Stage 1 never sees time tokens: its loss gives their output rows no gradient, so stage 2 starts
+    from an untrained, flat distribution over times rather than one trained only to be unlikely."""
+    from transformers import LlamaForCausalLM
+
+    from maxtoki.model.composer_model import MaxTokiModel
+    from maxtoki.model.sizes import llama_config
+
+    torch.manual_seed(0)
+    model = MaxTokiModel(LlamaForCausalLM(llama_config("tiny", len(vocab), max_position_embeddings=16)), vocab)
+    tokens = torch.tensor([[2, 4, 6, 5, 3], [2, 7, 4, 3, 0]])
+    batch = dict(input_ids=tokens, attention_mask=(tokens != 0).long())
+    model.loss(model(batch), batch).backward()
+    rows = model.model.lm_head.weight.grad.abs().sum(dim=1)
+    assert (rows[torch.as_tensor(vocab.numeric_ids)] == 0).all() and rows[[vocab.boq_id, vocab.eoq_id]].eq(0).all()
+    assert (rows[torch.as_tensor(vocab.gene_ids)] > 0).all() and rows[vocab.eos_id] > 0
 
 
 def test_pad_collator():
@@ -171,3 +235,26 @@ def test_stage2_model_starts_from_a_hugging_face_directory(tmp_path, vocab):
     assert model.model.config.max_position_embeddings == 1024
     assert model.model.config.rope_scaling["factor"] == 4.0
     assert model.model.config.maxtoki["label_scalar"] == 200.0
+
+
+def test_training_pearson_spans_a_window_of_batches(vocab):
+    from maxtoki.model.losses import Scored
+    from maxtoki.model.metrics import TimelapsePearson
+
+    ids, values = numeric(vocab)
+    model = type("M", (), {"numeric_ids": ids, "numeric_values": values})()
+    metric = TimelapsePearson(window=4)
+    for true in (2, 4, 6, -4, -2):  # one example per batch, predicted exactly
+        logits = torch.full((1, len(vocab)), -1e4)
+        logits[0, vocab.time_token(true)] = 0.0
+        metric.reset()  # what Composer does before every training batch
+        metric.update({"timelapse": torch.tensor([true])}, Scored(logits, torch.tensor([0]), torch.tensor([0]),
+                                                                  torch.tensor([True])), model)
+    assert metric.compute().item() == pytest.approx(1.0)
+    assert dim_zero_len(metric) == 4 + 1  # the window of earlier examples and this batch, not all of them
+
+
+def dim_zero_len(metric):
+    from torchmetrics.utilities.data import dim_zero_cat
+
+    return len(dim_zero_cat(metric.predicted))

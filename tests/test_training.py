@@ -105,8 +105,12 @@ def test_stage2_starts_from_stage1_and_loss_falls(tmp_path, stage1, stage2, hsmm
     assert values[-4:].mean() < values[:4].mean()
     assert np.isfinite(losses(trainer, "loss/train/time_between_cells")).all()
     metrics = {k: float(v) for k, v in trainer.state.eval_metric_values.items()}
-    assert {"TimelapseMAE", "TimelapseMedianAE", "TimelapsePearson", "NextGeneCrossEntropy"} <= set(metrics)
+    assert {"TimelapseMAE", "TimelapseMedianAE", "TimelapsePearson", "TimelapseSpread",
+            "NextGeneCrossEntropy"} <= set(metrics)
     assert 0 <= metrics["TimelapseMAE"] < 200
+    # collapse is visible while training: the spread of the distribution over times, next to the loss
+    spread = losses(trainer, "metrics/train/TimelapseSpread")
+    assert len(spread) == 16 and (spread[np.isfinite(spread)] > 0).all() and np.isfinite(spread).sum() >= 8
 
 
 @pytest.mark.parametrize("override, message", [
@@ -231,12 +235,24 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     assert table["predicted_timelapse"][0] == pytest.approx(float(expected[0]), abs=1e-3)
     metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
     assert set(metrics["model"]) == {"mae", "median_absolute_error", "rmse", "pearson_r"}
+    spread = table["predicted_timelapse"].std(ddof=0)
+    assert metrics["prediction_std"] == pytest.approx(spread)
+    assert (metrics["warning"] is not None) == (spread < 0.1 * table["true_timelapse"].std(ddof=0))
     assert metrics["baselines_from"] == hsmm_data["paragraphs"]
     assert metrics["baseline_linear_fit"] == "fitted on the training paragraphs"
     assert table["linear_baseline_timelapse"].notna().all()
     assert (tmp_path / "pred" / "predicted_vs_true.png").stat().st_size > 10_000
     assert cli_main(["predict", "time", "--checkpoint", str(checkpoint), "--data", hsmm_data["paragraphs"],
                      "--out", str(tmp_path / "x")]) == 2  # training layout: no prompts apart
+
+
+def test_a_model_predicting_a_constant_is_flagged():
+    from maxtoki.inference.predict_time import collapse_warning
+
+    true = np.array([-72.0, -48, -24, 24, 48, 72])
+    warning = collapse_warning(np.full(6, 0.4) + 0.01 * np.arange(6), true)
+    assert "predicts nearly the same time for every prompt (0.4 ± 0.02" in warning and "± 51.8" in warning
+    assert collapse_warning(0.5 * true, true) is None
 
 
 def test_damaged_checkpoints_are_refused_never_loaded(tmp_path, capsys, hsmm_data, stage1):

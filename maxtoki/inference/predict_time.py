@@ -90,6 +90,19 @@ def scores(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
             "rmse": float(np.sqrt((error ** 2).mean())), "pearson_r": pearson}
 
 
+COLLAPSE_RATIO = 0.1  # predictions whose spread is under a tenth of the truth's carry almost no information
+
+
+def collapse_warning(predicted: np.ndarray, true: np.ndarray) -> str | None:
+    """One line when the predictions barely vary compared with the truth: a model predicting a constant."""
+    spread, truth_spread = float(np.std(predicted)), float(np.std(true))
+    if truth_spread == 0 or spread >= COLLAPSE_RATIO * truth_spread:
+        return None
+    return (f"the model predicts nearly the same time for every prompt ({np.mean(predicted):.1f} ± {spread:.2f}, "
+            f"while the truth varies by ± {truth_spread:.1f}): it has not learned to tell cells apart; train longer, "
+            "or check the training log's TimelapseSpread and TimelapsePearson")
+
+
 def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | None = None,
                  batch_size: int = 8, device: str = "cpu") -> dict:
     """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out``; returns the metrics."""
@@ -118,6 +131,9 @@ def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | 
         "baseline_group_mean": scores(table["group"].map(group_means).fillna(mean).to_numpy(dtype=float), true),
         "baseline_linear": scores(linear, true),
         "baseline_linear_fit": linear_fit,
+        "prediction_std": float(np.std(expected)),
+        "true_std": float(np.std(true)),
+        "warning": collapse_warning(expected, true),
         "baselines_from": train_data or f"{data} itself (no --train-data given: the means are optimistic, the "
                                         "linear regressor is cross-fitted over groups)",
     }

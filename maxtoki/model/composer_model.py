@@ -21,10 +21,12 @@ from maxtoki.model.metrics import (
     TimelapseMAE,
     TimelapseMedianAE,
     TimelapsePearson,
+    TimelapseSpread,
 )
 from maxtoki.vocab import Vocabulary
 
 OBJECTIVES = ("pretrain", "temporal")
+TRAINING_WINDOW = 256  # TimeBetweenCells examples behind the training Pearson r and spread
 
 
 class MaxTokiModel(HuggingFaceModel):
@@ -35,9 +37,12 @@ class MaxTokiModel(HuggingFaceModel):
         if timelapse_loss not in ("numeric", "cross_entropy"):
             raise ValueError("timelapse_loss must be 'numeric' or 'cross_entropy'")
         eval_metrics = [NextGeneCrossEntropy(), NextGenePerplexity(), NextGeneAccuracy()]
+        train_metrics = [NextGeneCrossEntropy()]
         if objective == "temporal":
-            eval_metrics += [TimelapseMAE(), TimelapseMedianAE(), TimelapsePearson()]
-        super().__init__(model, tokenizer=None, use_logits=True, metrics=[NextGeneCrossEntropy()],
+            eval_metrics += [TimelapseMAE(), TimelapseMedianAE(), TimelapsePearson(), TimelapseSpread()]
+            # collapse shows next to the loss: over the last 256 TimeBetweenCells examples trained on
+            train_metrics += [TimelapsePearson(window=TRAINING_WINDOW), TimelapseSpread(window=TRAINING_WINDOW)]
+        super().__init__(model, tokenizer=None, use_logits=True, metrics=train_metrics,
                          eval_metrics=eval_metrics, shift_labels=False)
         self.objective = objective  # instance attribute; the recipe classes also name it on the class
         self.label_scalar = float(label_scalar)
@@ -47,6 +52,10 @@ class MaxTokiModel(HuggingFaceModel):
         self._flop_weights = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
         self._scored_positions = None  # (batch, length) bool while a forward pass scores positions
         model.lm_head.register_forward_pre_hook(self._select_scored_positions)
+        not_cell_token = torch.ones(model.config.vocab_size, dtype=torch.bool)
+        not_cell_token[torch.as_tensor(vocab.gene_ids, dtype=torch.long)] = False
+        not_cell_token[[vocab.bos_id, vocab.eos_id]] = False
+        self.register_buffer("not_cell_token", not_cell_token, persistent=False)
         numeric_ids = torch.as_tensor(vocab.numeric_ids, dtype=torch.long)
         self.register_buffer("numeric_ids", numeric_ids, persistent=False)
         self.register_buffer("numeric_values", torch.as_tensor(vocab.numeric_values[vocab.numeric_ids],
@@ -70,7 +79,23 @@ class MaxTokiModel(HuggingFaceModel):
                                 use_cache=False).logits
         finally:
             self._scored_positions = None
-        return Scored(logits, labels[scored], torch.nonzero(scored)[:, 0], readout[scored])
+        readout = readout[scored]
+        self._only_cell_tokens(logits, ~readout)
+        return Scored(logits, labels[scored], torch.nonzero(scored)[:, 0], readout)
+
+    def _only_cell_tokens(self, logits: torch.Tensor, in_cell: torch.Tensor) -> None:
+        """Where a cell is predicted the next token is ``<bos>``, a gene or ``<eos>``: other tokens get no
+        probability there.
+
+        Otherwise every gene position would push the time tokens down, which stage 1 never uses, and
+        stage 2 would start from time tokens trained only to be unlikely, a distribution over times
+        already sharp and far from uniform. In place: the output layer's backward does not need its output.
+        """
+        lowest = torch.finfo(logits.dtype).min
+        if bool(in_cell.all()):
+            logits.masked_fill_(self.not_cell_token, lowest)
+        elif bool(in_cell.any()):
+            logits[in_cell] = logits[in_cell].masked_fill(self.not_cell_token, lowest)
 
     def loss(self, outputs: Scored, batch: dict):
         if self.objective == "pretrain":
