@@ -258,3 +258,37 @@ def dim_zero_len(metric):
     from torchmetrics.utilities.data import dim_zero_cat
 
     return len(dim_zero_cat(metric.predicted))
+
+
+def test_soft_time_target_is_a_gaussian_around_the_truth(vocab):
+    from maxtoki.model.losses import soft_time_cross_entropy
+
+    ids, values = numeric(vocab)
+    target = torch.softmax(-0.5 * ((values - 2.0) / 1.5) ** 2, dim=0)
+    logits = torch.full((1, len(vocab)), 3.0)  # mass off the time tokens does not enter this term
+    logits[0, ids] = target.log()
+    logits.requires_grad_(True)
+    loss = soft_time_cross_entropy(logits, ids, values, torch.tensor([2]), 1.5)
+    entropy = -(target * target.log()).sum()
+    assert loss.item() == pytest.approx(entropy.item(), rel=1e-5)  # the minimum: the distribution is the target
+    loss.sum().backward()
+    assert logits.grad.abs().max().item() < 1e-6
+    # a distribution peaked two tokens away costs more than one peaked on the truth
+    peaked = torch.full((2, len(vocab)), -1e4)
+    peaked[0, vocab.time_token(2)] = peaked[1, vocab.time_token(4)] = 0.0
+    on, off = soft_time_cross_entropy(peaked, ids, values, torch.tensor([2, 2]), 1.5)
+    assert off.item() > on.item()
+
+
+def test_time_smoothing_adds_the_soft_cross_entropy(vocab):
+    from maxtoki.model.losses import soft_time_cross_entropy
+
+    ids, values = numeric(vocab)
+    logits = torch.randn(1, 4, len(vocab), generator=torch.Generator().manual_seed(3))
+    batch = dict(input_ids=torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                 prompt_length=torch.tensor([3]), task=torch.tensor([1]), timelapse=torch.tensor([-3]))
+    settings = dict(numeric_ids=ids, numeric_values=values, label_scalar=5.0, additive_penalty=1.0)
+    plain = stage2_loss(logits, batch, **settings)["time_between_cells"]
+    smoothed = stage2_loss(logits, batch, **settings, time_smoothing=2.0)["time_between_cells"]
+    extra = soft_time_cross_entropy(logits[:, 2], ids, values, torch.tensor([-3]), 2.0)
+    assert smoothed.item() == pytest.approx(plain.item() + extra.item(), rel=1e-5)

@@ -31,7 +31,7 @@ TRAINING_WINDOW = 256  # TimeBetweenCells examples behind the training Pearson r
 
 class MaxTokiModel(HuggingFaceModel):
     def __init__(self, model, vocab: Vocabulary, objective: str = "pretrain", label_scalar: float = 200.0,
-                 additive_penalty: float = 10.0, timelapse_loss: str = "numeric"):
+                 additive_penalty: float = 10.0, timelapse_loss: str = "numeric", time_smoothing: float = 0.0):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}")
         if timelapse_loss not in ("numeric", "cross_entropy"):
@@ -48,6 +48,9 @@ class MaxTokiModel(HuggingFaceModel):
         self.label_scalar = float(label_scalar)
         self.additive_penalty = float(additive_penalty)
         self.timelapse_loss = timelapse_loss
+        if time_smoothing < 0:
+            raise ValueError("time_smoothing must be 0 (off) or a width in time units")
+        self.time_smoothing = float(time_smoothing)
         # counted before any FSDP sharding: the non-embedding weights every token passes through
         self._flop_weights = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
         self._scored_positions = None  # (batch, length) bool while a forward pass scores positions
@@ -63,6 +66,7 @@ class MaxTokiModel(HuggingFaceModel):
         # recorded in the Hugging Face config, so exported models carry the read-out settings
         model.config.maxtoki = {"objective": objective, "label_scalar": self.label_scalar,
                                 "additive_penalty": self.additive_penalty, "timelapse_loss": timelapse_loss,
+                                "time_smoothing": self.time_smoothing,
                                 "vocabulary_sha256": vocab.sha256}
 
     def _select_scored_positions(self, module, args):
@@ -101,7 +105,7 @@ class MaxTokiModel(HuggingFaceModel):
         if self.objective == "pretrain":
             return F.cross_entropy(outputs.logits.float(), outputs.labels)
         return temporal_loss(outputs, batch["timelapse"], self.numeric_ids, self.numeric_values, self.label_scalar,
-                             self.additive_penalty, self.timelapse_loss)
+                             self.additive_penalty, self.timelapse_loss, self.time_smoothing)
 
     def eval_forward(self, batch: dict, outputs=None) -> Scored:
         return outputs if outputs is not None else self.forward(batch)
@@ -124,14 +128,16 @@ class _RecipeModel(MaxTokiModel):
 
     def __init__(self, size: str, vocab: str, max_seq_len: int = 4096, rope_scaling: dict | None = None,
                  attn_implementation: str = "auto", pretrained: str | None = None, label_scalar: float = 200.0,
-                 additive_penalty: float = 10.0, timelapse_loss: str = "numeric", config_overrides: dict | None = None,
+                 additive_penalty: float = 10.0, timelapse_loss: str = "numeric", time_smoothing: float = 0.0,
+                 config_overrides: dict | None = None,
                  init_device: str = "cpu", tokenizer=None):
         from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
 
         model, vocabulary = build_backbone(size, vocab, max_seq_len, rope_scaling, attn_implementation, pretrained,
                                            config_overrides)
         prepare_hf_model_for_fsdp(model, init_device)  # FSDP wraps each decoder layer; meta init materialises
-        super().__init__(model, vocabulary, type(self).objective, label_scalar, additive_penalty, timelapse_loss)
+        super().__init__(model, vocabulary, type(self).objective, label_scalar, additive_penalty, timelapse_loss,
+                         time_smoothing)
 
 
 class MaxTokiPretrainModel(_RecipeModel):

@@ -1,0 +1,268 @@
+"""One command for a time course: ``.h5ad`` in, a trained model and its held-out scores out.
+
+medians -> vocabulary -> rank value encoding -> cell paragraphs (cells or donors held out) ->
+stage 1 -> stage 2 -> TimeBetweenCells on the held-out cells, with baselines -> Hugging Face export.
+
+What the data decides, so that a user's own time course does not collapse onto its mean:
+the time tokens cover the data's largest Δ (a range far wider than the data made the read-out
+unstable), the read-out scale ``label_scalar`` is the spread of the time points, and the
+distribution over times is trained towards a Gaussian of half that width around the true Δ
+(``time_smoothing``; without it, held-out predictions came out compressed to half the true range).
+The rest are defaults that learn on small time courses in minutes on a laptop CPU
+(benchmarks/README.md) and scale up by options.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from maxtoki.errors import InputFileError, MaxtokiError
+
+RECIPES = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    time_column: str
+    group_columns: tuple[str, ...] = ()
+    time_scale: float = 1.0
+    holdout_fraction: float | None = None  # None: 0.2 unless donors are held out
+    holdout_groups: tuple[str, ...] = ()
+    split: str | None = None
+    seed: int = 0
+    workers: int = 1
+    # reading, as the data commands
+    gene_id_column: str | None = None
+    gene_mapping: str | None = None
+    layer: str | None = None
+    use_raw: bool = False
+    allow_non_integer: bool = False
+    min_expression: float = 0.0
+    # model and training
+    cell_length: int = 256  # tokens per cell, <bos> and <eos> included
+    model_size: str = "tiny"
+    examples: int = 4000
+    task_ratio: float = 0.75  # TimeBetweenCells share of the stage-2 examples
+    pretrain_batches: int = 200
+    temporal_batches: int = 1000
+    overrides: tuple[str, ...] = field(default=())  # extra key=value for both recipes
+
+    def __post_init__(self):
+        if self.holdout_fraction is not None and not 0 < self.holdout_fraction < 1:
+            raise MaxtokiError(f"--holdout-fraction {self.holdout_fraction:g}: give a fraction between 0 and 1")
+        if self.cell_length < 16:
+            raise MaxtokiError("--cell-length must be at least 16 tokens")
+        if min(self.pretrain_batches, self.temporal_batches, self.examples) < 1:
+            raise MaxtokiError("--pretrain-batches, --temporal-batches and --examples must be positive")
+
+
+@dataclass(frozen=True)
+class TimeCourse:
+    """What the pipeline reads off the data before anything is written."""
+
+    cells: int
+    times: np.ndarray  # distinct times, in time units (time * time_scale, rounded)
+
+    @property
+    def max_timelapse(self) -> float:
+        return float(self.times.max() - self.times.min())
+
+
+def read_time_course(data: str | Path, options: PipelineOptions) -> TimeCourse:
+    """The time column checked: present, numeric, at least two distinct times, enough cells to hold out."""
+    from maxtoki.data.sources import ReadOptions, open_source
+
+    with open_source(data, ReadOptions(options.gene_id_column, options.layer, options.use_raw)) as source:
+        source.require_obs_columns([options.time_column, *options.group_columns], "time or group")
+        times = source.numeric_obs(options.time_column, 0, source.n_cells)
+    from maxtoki.data.paragraphs import to_time_units
+
+    known = to_time_units(times[~np.isnan(times)], options.time_scale)  # as the paragraphs will round them
+    distinct = np.unique(known)
+    if len(distinct) < 2:
+        raise InputFileError(Path(data), f"obs column {options.time_column!r} has {len(distinct)} distinct time(s) "
+                                         "(after --time-scale); a time course needs at least two")
+    if not (options.holdout_groups or options.split):
+        fraction = options.holdout_fraction or 0.2
+        per_time = np.array([np.sum(known == t) for t in distinct])
+        if np.all(np.round(fraction * per_time) < 1) or np.all(per_time - np.round(fraction * per_time) < 1):
+            raise InputFileError(Path(data), f"too few cells to hold any out: {int(per_time.sum())} cells with a "
+                                             f"time, at most {int(per_time.max())} per time point; give more cells "
+                                             "or a larger --holdout-fraction")
+    return TimeCourse(cells=len(known), times=distinct)
+
+
+def genes_in_cells(cells: str | Path) -> list[str]:
+    """The genes that occur in the tokenized cells at ``cells``."""
+    from maxtoki.data.cell_store import CellStore
+
+    store = CellStore(str(cells))
+    vocab = store.vocabulary()
+    seen = np.zeros(len(vocab), dtype=bool)
+    for cell in store:
+        seen[np.asarray(cell["input_ids"], dtype=np.int64)] = True
+    return [vocab.token(int(i)) for i in np.flatnonzero(seen & vocab.is_gene)]
+
+
+def time_token_range(course: TimeCourse) -> int:
+    """``--max-time`` of the vocabulary: time tokens -T..T-1 covering the data's largest Δ with a quarter
+    to spare (later data may reach a little further), at least 10."""
+    return max(10, math.ceil(1.25 * course.max_timelapse) + 1)
+
+
+def read_out_scale(course: TimeCourse) -> float:
+    """``label_scalar``: about the typical |Δ|, the standard deviation of the distinct times."""
+    return float(max(np.std(course.times), 1.0))
+
+
+def _evaluation_split(options: PipelineOptions) -> str:
+    if options.split and not (options.holdout_groups or options.holdout_fraction):
+        from maxtoki.data.splits import parse_split
+
+        names = [name for name in parse_split(options.split) if name != "train"]
+        if not names:
+            raise MaxtokiError(f"--split {options.split}: needs a split besides train to evaluate on")
+        return "test" if "test" in names else names[-1]
+    return "holdout"
+
+
+def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, log=print) -> dict:
+    """Every step, writing under ``out``; returns the metrics of ``predict time`` on the held-out cells."""
+    from maxtoki.data.medians import compute_medians, write_medians
+    from maxtoki.data.paragraph_build import build_paragraphs
+    from maxtoki.data.paragraphs import ParagraphOptions
+    from maxtoki.data.sources import ReadOptions
+    from maxtoki.data.splits import parse_split
+    from maxtoki.data.tokenize import TokenizeOptions, tokenize_files
+    from maxtoki.vocab import Vocabulary
+
+    start = time.monotonic()
+    out = Path(out)
+    course = read_time_course(data, options)
+    max_time, scale = time_token_range(course), read_out_scale(course)
+    evaluation = _evaluation_split(options)
+    fraction = options.holdout_fraction
+    if fraction is None and not (options.holdout_groups or options.split):
+        fraction = 0.2
+    out.mkdir(parents=True, exist_ok=True)
+    read = ReadOptions(options.gene_id_column, options.layer, options.use_raw)
+
+    log(f"== 1/8 gene medians of {course.cells:,} cells with a time ({len(course.times)} time points)")
+    medians, _ = compute_medians([data], read=read, gene_mapping_path=options.gene_mapping,
+                                 allow_non_integer=options.allow_non_integer, min_expression=options.min_expression,
+                                 workers=options.workers)
+    if not medians:
+        raise MaxtokiError(f"{data}: no cell had any expressed gene; nothing to compute medians from")
+    write_medians(medians, out / "medians.json")
+
+    tokenize = TokenizeOptions(read, options.time_column, tuple(options.group_columns), (), options.cell_length,
+                               options.allow_non_integer, min_expression=options.min_expression)
+
+    def encode(genes) -> None:
+        Vocabulary.build(genes, max_time=max_time).save(out / "vocab.json")
+        tokenize_files([data], out / "vocab.json", out / "medians.json", str(out / "cells"), options=tokenize,
+                       gene_mapping_path=options.gene_mapping, workers=options.workers, overwrite=True)
+
+    # Genes that never make a cell's top-ranked list are never seen: in the vocabulary they only cost
+    # output-layer time and teach stage 1 to push them down, with a constant direction of its hidden
+    # state that stage 2 then has to unlearn. The second encoding gives every cell the same genes.
+    log(f"== 2/8 vocabulary: the genes among some cell's {options.cell_length - 2} top-ranked ones, time tokens "
+        f"-{max_time}..{max_time - 1} (the data's largest Δ is {course.max_timelapse:g})")
+    encode(medians.keys())
+    genes = genes_in_cells(out / "cells")
+    log(f"== 3/8 rank value encoding: each cell's top-ranked genes, {len(genes):,} of the {len(medians):,} genes "
+        "with a median")
+    encode(genes)
+
+    held = (f"{fraction:.0%} of the cells of every time point" if fraction else
+            f"donors {', '.join(options.holdout_groups)}" if options.holdout_groups else f"split {options.split}")
+    log(f"== 4/8 cell paragraphs (pairs of cells and the time between them); held out: {held}")
+    max_seq_len = 2 * options.cell_length + 8
+    split = dict(split=parse_split(options.split) if options.split else None,
+                 holdout_groups=tuple(options.holdout_groups), holdout_fraction=fraction or 0.0,
+                 workers=options.workers, overwrite=True)
+    pairs = dict(seed=options.seed, min_timepoints=2, max_timepoints=2, max_seq_len=max_seq_len,
+                 time_scale=options.time_scale)
+    build_paragraphs(str(out / "cells"), None, str(out / "paragraphs"),
+                     ParagraphOptions(num_examples=options.examples, task_ratio=options.task_ratio, **pairs), **split)
+    build_paragraphs(str(out / "cells"), None, str(out / "eval"),
+                     ParagraphOptions(num_examples=max(1000, options.examples // 4), task_ratio=1.0,
+                                      eval_layout=True, **pairs), **split)
+
+    metrics = train_and_evaluate(out, options, evaluation, max_seq_len, scale, log)
+    metrics["pipeline"] = {"seconds": round(time.monotonic() - start), "max_time": max_time, "label_scalar": scale,
+                           "evaluated_on": f"{out / 'eval' / evaluation}"}
+    (out / "predictions" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def train_and_evaluate(out: Path, options: PipelineOptions, evaluation: str, max_seq_len: int, scale: float,
+                       log=print) -> dict:
+    """Stage 1, stage 2, predict time on the held-out prompts and export; returns the metrics."""
+    from maxtoki.inference.export import export_hf
+    from maxtoki.inference.predict_time import predict_time
+    from maxtoki.training import train_from_recipe
+
+    for recipe in ("pretrain/tiny-cpu.yaml", "temporal/tiny-cpu.yaml"):
+        if not (RECIPES / recipe).exists():
+            raise MaxtokiError(f"{RECIPES / recipe}: recipe not found; run the pipeline from a checkout of the "
+                               "repository (the recipes live in configs/)")
+    runs = out / "runs"
+    shutil.rmtree(runs, ignore_errors=True)  # a rerun trains afresh (autoresume would find the runs finished)
+    common = [f"model.size={options.model_size}", f"seed={options.seed}", "console_log_interval=100ba",
+              *options.overrides]
+    log(f"== 5/8 stage 1: next-gene prediction on single cells ({options.model_size} model, "
+        f"{options.pretrain_batches} batches)")
+    train_from_recipe(str(RECIPES / "pretrain/tiny-cpu.yaml"), [
+        f"variables.data={out / 'cells'}", f"variables.vocab={out / 'vocab.json'}", f"save_folder={runs / 'pretrain'}",
+        f"max_seq_len={options.cell_length}", f"max_duration={options.pretrain_batches}ba",
+        f"eval_interval={options.pretrain_batches}ba", f"save_interval={options.pretrain_batches}ba", *common])
+
+    log(f"== 6/8 stage 2: TimeBetweenCells and NextCell from the stage-1 weights ({options.temporal_batches} "
+        f"batches, read-out scale {scale:.3g})")
+    train_from_recipe(str(RECIPES / "temporal/tiny-cpu.yaml"), [
+        f"variables.data={out / 'paragraphs' / 'train'}", f"variables.eval_data={out / 'paragraphs' / evaluation}",
+        f"variables.vocab={out / 'vocab.json'}", f"variables.pretrained={runs / 'pretrain' / 'latest-rank0.pt'}",
+        f"save_folder={runs / 'temporal'}", f"max_seq_len={max_seq_len}",
+        f"model.rope_scaling.original_max_position_embeddings={options.cell_length}",
+        f"model.label_scalar={scale}", f"model.time_smoothing={scale / 2}", f"max_duration={options.temporal_batches}ba",
+        f"eval_interval={options.temporal_batches}ba", f"save_interval={options.temporal_batches}ba", *common])
+
+    log("== 7/8 predicted time between held-out cells, with baselines")
+    checkpoint = str(runs / "temporal" / "latest-rank0.pt")
+    metrics = predict_time(checkpoint, str(out / "eval" / evaluation), out / "predictions",
+                           train_data=str(out / "paragraphs" / "train"))
+
+    log("== 8/8 the model as a Hugging Face directory")
+    export_hf(checkpoint, out / "hf-model", out / "vocab.json", options.time_column)
+    return metrics
+
+
+def scores_table(metrics: dict, unit: str = "") -> str:
+    """The held-out scores of the model and its baselines, as the demo and the pipeline print them."""
+    rows = [("model (expected value)", "model"), ("model (most likely token)", "model_argmax"),
+            ("baseline: training-mean Δ", "baseline_training_mean"),
+            ("baseline: per-group mean Δ", "baseline_group_mean"),
+            ("baseline: linear regressor", "baseline_linear")]
+    lines = [f"Time between two held-out cells, {metrics['examples']} prompts{f' ({unit})' if unit else ''}:",
+             "  {:<34}{:>8}{:>12}{:>10}".format("", "MAE", "median |e|", "Pearson r")]
+    for name, key in rows:
+        score = metrics[key]
+        pearson = "-" if score["pearson_r"] != score["pearson_r"] else f"{score['pearson_r']:.2f}"
+        lines.append("  {:<34}{:>8.1f}{:>12.1f}{:>10}".format(name, score["mae"], score["median_absolute_error"],
+                                                              pearson))
+    model, mean, linear = (metrics[k]["mae"] for k in ("model", "baseline_training_mean", "baseline_linear"))
+    verdict = ("beats both the training-mean baseline and the linear regressor" if model < min(mean, linear) else
+               "beats the training-mean baseline but not the linear regressor" if model < mean else
+               "does not beat the training-mean baseline: it has not learned to place cells in time")
+    lines.append(f"The model {verdict} (MAE {model:.1f} against {mean:.1f} and {linear:.1f}).")
+    if metrics.get("warning"):
+        lines.append(f"Warning: {metrics['warning']}")
+    return "\n".join(lines)

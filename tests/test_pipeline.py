@@ -1,0 +1,74 @@
+"""`maxtoki pipeline`: bad time courses refused in one line before anything is written, and, as the
+guard of the default run, a model trained on the bundled HSMM time course that places held-out cells
+in time, where a model that predicts a constant fails the same check."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_adata
+
+from maxtoki.cli import main as cli_main
+
+
+def refused(capsys, *argv) -> str:
+    assert cli_main([str(a) for a in argv]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0, message  # one line
+    return message
+
+
+@pytest.mark.parametrize("obs, column, message", [
+    ({"hours": [0, 0, 24, 24]}, "day", "no time or group column 'day' in obs; the columns are: hours"),
+    ({"hours": ["early", "early", "late", "late"]}, "hours", "obs column 'hours' must be numeric"),
+    ({"hours": [24, 24, 24, 24]}, "hours", "has 1 distinct time(s) (after --time-scale); a time course needs at "
+                                            "least two"),
+    ({"hours": [0, 0, 24, 24]}, "hours", "too few cells to hold any out: 4 cells with a time, at most 2 per time "
+                                          "point"),
+])
+def test_bad_time_courses_are_refused_before_anything_is_written(tmp_path, capsys, obs, column, message):
+    path = tmp_path / "course.h5ad"
+    make_adata(np.arange(1, 13).reshape(4, 3), obs=obs).write_h5ad(path)
+    error = refused(capsys, "pipeline", path, "--time-column", column, "--out", tmp_path / "out")
+    assert f"{path}" in error and message in error
+    assert not (tmp_path / "out").exists()
+
+
+def learned_time(metrics: dict) -> bool:
+    """The guard: held-out MAE at most 0.8 x the training-mean baseline's, and Pearson r at least 0.5."""
+    model = metrics["model"]
+    return model["mae"] <= 0.8 * metrics["baseline_training_mean"]["mae"] and model["pearson_r"] >= 0.5
+
+
+def test_pipeline_learns_time_on_the_bundled_time_course(tmp_path, capsys, hsmm_path):
+    """The README's command on the bundled data, at a size that trains in about three minutes."""
+    out = tmp_path / "hsmm"
+    assert cli_main(["pipeline", str(hsmm_path), "--time-column", "hours", "--out", str(out), "--allow-non-integer",
+                     "--min-expression", "0.1", "--cell-length", "128", "--temporal-batches", "400"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "predictions" / "metrics.json").read_text())
+    with capsys.disabled():
+        print(f"\nHSMM held-out cells: model MAE {metrics['model']['mae']:.1f} h, r {metrics['model']['pearson_r']:.2f}; "
+              f"training mean {metrics['baseline_training_mean']['mae']:.1f}, linear "
+              f"{metrics['baseline_linear']['mae']:.1f} (r {metrics['baseline_linear']['pearson_r']:.2f}); "
+              f"{metrics['pipeline']['seconds']} s")
+    assert learned_time(metrics), metrics["model"]
+    assert metrics["warning"] is None
+    assert metrics["pipeline"]["max_time"] == 91  # the data's largest Δ, 72 h, with a quarter to spare
+    assert f"Time between two held-out cells, {metrics['examples']} prompts (hours)" in printed
+    assert "The model beats" in printed
+    assert (out / "predictions" / "predicted_vs_true.png").stat().st_size > 10_000
+    assert (out / "hf-model" / "config.json").exists()
+    # the guard fails a model that has not learned: the same model, untrained
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from maxtoki.inference.predict_time import predict_time
+
+    LlamaForCausalLM(LlamaConfig.from_pretrained(out / "hf-model")).save_pretrained(tmp_path / "untrained-model")
+    shutil.copy(out / "hf-model" / "vocab.json", tmp_path / "untrained-model")
+    untrained = predict_time(str(tmp_path / "untrained-model"), str(out / "eval" / "holdout"), tmp_path / "untrained",
+                             train_data=str(out / "paragraphs" / "train"))
+    assert not learned_time(untrained), untrained["model"]
+    assert untrained["warning"] is not None  # and predict time says it predicts nearly a constant
