@@ -466,7 +466,7 @@ def _run_pipeline(args) -> None:
     options = PipelineOptions(args.time_column, tuple(args.group_columns), args.time_scale, args.holdout_fraction,
                               tuple(args.holdout_groups), args.split, args.seed, args.workers, args.gene_id_column,
                               args.gene_mapping, args.layer, args.use_raw, args.allow_non_integer,
-                              args.min_expression, args.cell_length, args.model_size, args.examples,
+                              args.min_expression, args.chunk_size, args.cell_length, args.model_size, args.examples,
                               pretrain_batches=args.pretrain_batches, temporal_batches=args.temporal_batches,
                               overrides=tuple(args.overrides))
     metrics = run_pipeline(args.data, args.out, options, log=lambda line: print(line, flush=True))

@@ -45,6 +45,7 @@ class PipelineOptions:
     use_raw: bool = False
     allow_non_integer: bool = False
     min_expression: float = 0.0
+    chunk_size: int = 2048
     # model and training
     cell_length: int = 256  # tokens per cell, <bos> and <eos> included
     model_size: str = "tiny"
@@ -157,13 +158,13 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
     log(f"== 1/8 gene medians of {course.cells:,} cells with a time ({len(course.times)} time points)")
     medians, _ = compute_medians([data], read=read, gene_mapping_path=options.gene_mapping,
                                  allow_non_integer=options.allow_non_integer, min_expression=options.min_expression,
-                                 workers=options.workers)
+                                 workers=options.workers, chunk_size=options.chunk_size)
     if not medians:
         raise MaxtokiError(f"{data}: no cell had any expressed gene; nothing to compute medians from")
     write_medians(medians, out / "medians.json")
 
     tokenize = TokenizeOptions(read, options.time_column, tuple(options.group_columns), (), options.cell_length,
-                               options.allow_non_integer, min_expression=options.min_expression)
+                               options.allow_non_integer, options.chunk_size, options.min_expression)
 
     def encode(genes) -> None:
         Vocabulary.build(genes, max_time=max_time).save(out / "vocab.json")
