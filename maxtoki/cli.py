@@ -593,7 +593,9 @@ def _run_inspect(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from maxtoki.runtime import keep_freed_memory
+    from maxtoki.storage import drop_empty_endpoints
 
+    drop_empty_endpoints()
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     try:

@@ -24,6 +24,18 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+ENDPOINT_VARIABLES = ("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def drop_empty_endpoints() -> None:
+    """An endpoint variable set to the empty string means unset. Composer and streaming hand it to boto3
+    as it is, which refuses it ("Invalid endpoint") even for AWS, where no endpoint is needed; removed
+    from the environment, it also stays away from worker processes spawned later."""
+    for name in ENDPOINT_VARIABLES:
+        if name in os.environ and not os.environ[name].strip():
+            del os.environ[name]
+
+
 def endpoint_url() -> str | None:
     return os.environ.get("S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None
 

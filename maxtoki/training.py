@@ -201,6 +201,9 @@ def quiet_expected_warnings() -> None:
 def train_from_recipe(recipe: str, overrides: list[str] = ()):
     """Check and run a recipe; returns Composer's closed ``Trainer`` after training (for notebooks and tests), or
     None when autoresume finds the run already finished."""
+    from maxtoki.storage import drop_empty_endpoints
+
+    drop_empty_endpoints()
     cfg = load_recipe(recipe, list(overrides))
     localize_vocabularies(cfg)
     check_recipe(cfg)

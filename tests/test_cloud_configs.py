@@ -1,6 +1,7 @@
 """Cloud job definitions: MosaicML platform run YAMLs (parsed by the mcli package itself, offline),
 the GCP multi-node launcher (dry run: the exact commands), and shellcheck on every shell script."""
 
+import os
 import shlex
 import subprocess
 import sys
@@ -37,6 +38,29 @@ def test_mcli_runs_parse_and_their_parameters_complete_a_valid_recipe(path, tmp_
     assert train_cfg.model["vocab"] == run.parameters["variables"]["vocab"] and train_cfg.autoresume
     if stage == "temporal":
         assert train_cfg.load_path == run.parameters["variables"]["pretrained"]
+
+
+@pytest.mark.parametrize("path", MCLI, ids=lambda p: p.stem)
+def test_mcli_runs_set_no_empty_variables(path):
+    """An empty S3_ENDPOINT_URL reaches boto3 through Composer and streaming, which refuse it on AWS."""
+    variables = yaml.safe_load(path.read_text()).get("env_variables") or {}
+    assert all(str(value).strip() for value in variables.values()), variables
+
+
+def test_an_empty_endpoint_variable_means_unset(monkeypatch):
+    from composer.utils import S3ObjectStore
+
+    from maxtoki import storage
+
+    monkeypatch.setenv("S3_ENDPOINT_URL", "")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", " ")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with pytest.raises(ValueError, match="Invalid endpoint"):
+        S3ObjectStore(bucket="bucket")  # what a cloud run hit before
+    storage.drop_empty_endpoints()
+    assert "S3_ENDPOINT_URL" not in os.environ and "AWS_ENDPOINT_URL_S3" not in os.environ
+    assert S3ObjectStore(bucket="bucket").client.meta.endpoint_url == "https://s3.amazonaws.com"
+    assert storage.endpoint_url() is None
 
 
 def launcher(*argv):
