@@ -121,6 +121,27 @@ def check_recipe(cfg) -> None:
             check_checkpoint_file(str(load_path), f"load_path {load_path}")
 
 
+def check_recipe_keys(cfg) -> None:
+    """A misspelled key would otherwise stop llm-foundry with a traceback (top level) or a TypeError
+    deep inside the model's construction: name it, and the closest valid key."""
+    import difflib
+    import inspect
+
+    from llmfoundry.utils.config_utils import TRAIN_CONFIG_KEYS
+
+    from maxtoki.model.composer_model import _RecipeModel
+
+    model_keys = {"name", *inspect.signature(_RecipeModel.__init__).parameters} - {"self"}
+    sections = [("", list(cfg), set(TRAIN_CONFIG_KEYS)),
+                ("model.", list(cfg.get("model") or {}), model_keys)]
+    for prefix, keys, known in sections:
+        for key in keys:
+            if key not in known:
+                close = difflib.get_close_matches(str(key).lstrip("+~"), sorted(known), n=1, cutoff=0.6)
+                hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(sorted(known))}"
+                raise MaxtokiError(f"unknown recipe key {prefix}{key}{hint}")
+
+
 def remove_unfinished_checkpoints(save_folder: str) -> list[str]:
     """Checkpoints newer than the one ``latest-rank0.pt`` points to were cut short by a crash (the link
     moves only after a save completes); autoresume would refuse to run beside them, so they go."""
@@ -236,6 +257,7 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
 
     import maxtoki.model.registry  # noqa: F401  (registers the models and loaders)
 
+    check_recipe_keys(cfg)
     try:
         trainer = train(cfg)
     except ValueError as exc:

@@ -117,11 +117,15 @@ def test_stage2_starts_from_stage1_and_loss_falls(tmp_path, stage1, stage2, hsmm
     ("model.size=3b", "unknown model size '3b'"),
     ("variables.data=/nowhere/cells", "/nowhere/cells: no such data"),
     ("variables.vocab=/nowhere/vocab.json", "no such file"),
+    ("fsdp_confg={sharding_strategy: FULL_SHARD}", "unknown recipe key fsdp_confg; did you mean fsdp_config?"),
+    ("+fsdp_config={sharding_strategy: FULL_SHARD}", "unknown recipe key +fsdp_config; did you mean fsdp_config?"),
+    ("model.label_scaler=24", "unknown recipe key model.label_scaler; did you mean model.label_scalar?"),
 ])
 def test_bad_configuration_fails_fast(capsys, hsmm_data, override, message):
     code = train_main([PRETRAIN, f"variables.data={hsmm_data['cells']}", f"variables.vocab={hsmm_data['vocab']}",
                        override])
-    assert code == 2 and message in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and error.count("\n") == 1  # one line
 
 
 def test_vocabulary_mismatch_and_wrong_stage_fail_fast(capsys, tmp_path, hsmm_data, tiny_vocab):
