@@ -292,3 +292,40 @@ def test_time_smoothing_adds_the_soft_cross_entropy(vocab):
     smoothed = stage2_loss(logits, batch, **settings, time_smoothing=2.0)["time_between_cells"]
     extra = soft_time_cross_entropy(logits[:, 2], ids, values, torch.tensor([-3]), 2.0)
     assert smoothed.item() == pytest.approx(plain.item() + extra.item(), rel=1e-5)
+
+
+def test_meta_initialisation_module_by_module_as_fsdp_does(tmp_path, vocab):
+    """Composer's FSDP moves each module off ``meta`` with ``to_empty`` and calls the model's
+    ``param_init_fn`` on it: every parameter must end initialised as Hugging Face would."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from maxtoki.model.composer_model import MaxTokiPretrainModel
+    from maxtoki.model.meta_init import materialize
+
+    vocab.save(tmp_path / "vocab.json")
+    overrides = {"hidden_size": 256, "intermediate_size": 512}  # enough weights for a tight std estimate
+    on_host = MaxTokiPretrainModel(size="tiny", vocab=str(tmp_path / "vocab.json"), config_overrides=overrides)
+    model = MaxTokiPretrainModel(size="tiny", vocab=str(tmp_path / "vocab.json"), config_overrides=overrides,
+                                 init_device="meta")
+    backbone = model.model
+    assert all(p.is_meta for p in backbone.parameters())
+    assert callable(backbone.param_init_fn)
+    torch.manual_seed(0)
+    materialize(backbone)
+    assert not any(p.is_meta for p in backbone.parameters()) and not any(b.is_meta for b in backbone.buffers())
+    std = backbone.config.initializer_range
+    for name, module in backbone.named_modules():
+        if isinstance(module, LlamaRMSNorm):
+            assert torch.equal(module.weight, torch.ones_like(module.weight)), name
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            weight = module.weight.detach()
+            if isinstance(module, torch.nn.Embedding):
+                assert torch.equal(weight[module.padding_idx], torch.zeros_like(weight[0]))
+                weight = weight[torch.arange(len(weight)) != module.padding_idx]
+            assert weight.std().item() == pytest.approx(std, rel=0.05), name  # >= 1,500 weights each
+            assert abs(weight.mean().item()) < std / 10, name
+    # the rotary frequencies are computed on the host, never left as uninitialised memory
+    for (name, buffer), (_, expected) in zip(backbone.named_buffers(), on_host.model.named_buffers()):
+        assert torch.equal(buffer, expected), name
+    ids = torch.tensor([[vocab.bos_id, *vocab.gene_ids, vocab.eos_id]])
+    assert torch.isfinite(backbone(input_ids=ids).logits).all()

@@ -113,6 +113,34 @@ def test_stage2_starts_from_stage1_and_loss_falls(tmp_path, stage1, stage2, hsmm
     assert len(spread) == 16 and (spread[np.isfinite(spread)] > 0).all() and np.isfinite(spread).sum() >= 8
 
 
+def test_stage2_after_meta_initialisation_holds_the_checkpoint_weights(stage1, hsmm_data):
+    """The GPU recipes build the model on ``meta``; FSDP materialises it module by module, then Composer
+    loads the stage-1 checkpoint: the result must be exactly the checkpoint, rotary frequencies included."""
+    from composer import Trainer
+
+    import maxtoki.model.registry  # noqa: F401
+    from maxtoki.model.composer_model import MaxTokiTemporalModel
+    from maxtoki.model.meta_init import materialize
+    from maxtoki.training import load_recipe
+
+    _, checkpoint = stage1
+    keys = dict(load_recipe(TEMPORAL, stage2_args(hsmm_data, checkpoint)).model)
+    keys.pop("name")
+    model = MaxTokiTemporalModel(**{**keys, "init_device": "meta"})
+    materialize(model.model)
+    trainer = Trainer(model=model, load_path=str(checkpoint), load_weights_only=True,
+                      load_strict_model_weights=True, device="cpu", loggers=[], progress_bar=False)
+    stage1_weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"]
+    loaded = trainer.state.model.state_dict()
+    assert set(loaded) == set(stage1_weights)
+    for name, value in loaded.items():
+        assert torch.equal(value, stage1_weights[name]), name
+    on_host = MaxTokiTemporalModel(**keys)
+    for (name, buffer), (_, expected) in zip(model.model.named_buffers(), on_host.model.named_buffers()):
+        assert torch.equal(buffer, expected), name
+    trainer.close()
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.size=3b", "unknown model size '3b'"),
     ("variables.data=/nowhere/cells", "/nowhere/cells: no such data"),

@@ -24,9 +24,16 @@ def resolve_attention(requested: str, head_dim: int) -> str:
 
 def build_backbone(size: str, vocab: str, max_seq_len: int = 4096, rope_scaling: dict | None = None,
                    attn_implementation: str = "auto", pretrained: str | None = None,
-                   config_overrides: dict | None = None):
-    """A ``LlamaForCausalLM`` and its vocabulary; ``pretrained`` starts from a Hugging Face directory."""
+                   config_overrides: dict | None = None, init_device: str = "cpu"):
+    """A ``LlamaForCausalLM`` and its vocabulary; ``pretrained`` starts from a Hugging Face directory.
+
+    ``init_device="meta"`` allocates no parameters (FSDP materialises them, see ``meta_init``). A
+    ``pretrained`` model is read into host memory on every rank, except with ``mixed``, where only
+    rank 0 reads it and FSDP sends its weights to the others.
+    """
     from transformers import LlamaForCausalLM
+
+    from maxtoki.model.meta_init import attach_param_init_fn, build_on, device_of_this_rank
 
     if not Path(vocab).exists():
         raise MaxtokiError(f"model.vocab {vocab}: no such file; give the vocabulary the data was made with")
@@ -35,11 +42,14 @@ def build_backbone(size: str, vocab: str, max_seq_len: int = 4096, rope_scaling:
                           bos_token_id=vocabulary.bos_id, eos_token_id=vocabulary.eos_id,
                           rope_scaling=rope_scaling, **(config_overrides or {}))
     config._attn_implementation = resolve_attention(attn_implementation, config.head_dim)
+    device = device_of_this_rank(init_device)
     if pretrained:
         check_pretrained_vocabulary(pretrained, vocabulary, vocab)
+    if pretrained and (device == "cpu" or init_device == "meta"):
         model = LlamaForCausalLM.from_pretrained(pretrained, config=config)
     else:
-        model = LlamaForCausalLM(config)
+        model = build_on(device, config)
+    attach_param_init_fn(model)
     counts = count_parameters(config)
     print(f"maxtoki: {size} model, {counts['total']:,} parameters ({counts['non_embedding']:,} without embeddings), "
           f"vocabulary {len(vocabulary):,} padded to {config.vocab_size:,}, context {max_seq_len:,}, "

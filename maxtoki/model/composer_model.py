@@ -134,7 +134,7 @@ class _RecipeModel(MaxTokiModel):
         from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
 
         model, vocabulary = build_backbone(size, vocab, max_seq_len, rope_scaling, attn_implementation, pretrained,
-                                           config_overrides)
+                                           config_overrides, init_device)
         prepare_hf_model_for_fsdp(model, init_device)  # FSDP wraps each decoder layer; meta init materialises
         super().__init__(model, vocabulary, type(self).objective, label_scalar, additive_penalty, timelapse_loss,
                          time_smoothing)
