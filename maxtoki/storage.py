@@ -129,6 +129,26 @@ def download_file(uri: str, local_path: str) -> None:
     os.replace(tmp, local_path)
 
 
+def object_identity(uri: str) -> str:
+    """The object's ETag and size: they change whenever the object is written again."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    try:
+        head = s3_client().head_object(Bucket=bucket, Key=key)
+    except (BotoCoreError, ClientError) as exc:
+        raise _describe(uri, exc) from None
+    return f"{head.get('ETag', '')}:{head.get('ContentLength', '')}"
+
+
+def local_cache_root() -> str:
+    """Where remote data and checkpoints are cached on this machine: ``MAXTOKI_CACHE`` (e.g. a mounted
+    disk on a cloud VM) or the system's temporary directory."""
+    import tempfile
+
+    return os.environ.get("MAXTOKI_CACHE") or os.path.join(tempfile.gettempdir(), "maxtoki-cache")
+
+
 def object_exists(uri: str) -> bool:
     from botocore.exceptions import BotoCoreError, ClientError
 

@@ -112,13 +112,87 @@ def check_recipe(cfg) -> None:
 
         storage.list_keys(save_folder)  # an unreachable server or a missing bucket fails here, in seconds
     load_path = cfg.get("load_path")
-    if load_path and "://" not in str(load_path):
+    if load_path and "://" in str(load_path):
+        cfg["load_path"] = local_checked_load_path(str(load_path))
+    elif load_path:
         if not Path(str(load_path)).exists():
             raise MaxtokiError(f"load_path {load_path}: no such checkpoint")
         if Path(str(load_path)).is_file():
             from maxtoki.checkpoint_files import check_checkpoint_file
 
             check_checkpoint_file(str(load_path), f"load_path {load_path}")
+
+
+def assign_streaming_caches(cfg) -> None:
+    """Each loader reading ``s3://`` data gets a cache of its own, named after the run's save folder
+    (or run name) and the loader, unless the recipe names one."""
+    from maxtoki import storage
+    from maxtoki.data.loaders import read_data_manifest, streaming_cache
+
+    run = str(cfg.get("save_folder") or cfg.get("run_name") or "")
+    for index, (key, loader) in enumerate(recipe_loaders(cfg)):
+        dataset = loader.get("dataset") or {}
+        remote = str(dataset.get("remote") or "")
+        if storage.is_remote(remote) and not dataset.get("local"):
+            dataset["local"] = streaming_cache(remote, read_data_manifest(remote), f"{run} {key} {index}")
+
+
+def first_rank_of_node() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def local_checked_load_path(uri: str) -> str:
+    """A remote ``load_path``, downloaded once per node and checked like a local one before Composer
+    loads it (it is downloaded either way); the checked copy is what the run loads."""
+    import hashlib
+
+    from maxtoki import storage
+    from maxtoki.checkpoint_files import fetch_checked_checkpoint, wait_for_file
+
+    resolved = storage.resolve_checkpoint(uri)
+    identity = hashlib.sha256(f"{resolved} {storage.object_identity(resolved)}".encode()).hexdigest()[:16]
+    local = os.path.join(storage.local_cache_root(), "checkpoints", identity, resolved.rsplit("/", 1)[-1])
+    if os.path.exists(local):
+        return local
+    if first_rank_of_node():
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        fetch_checked_checkpoint(resolved, local, f"load_path {uri}")
+    else:
+        wait_for_file(local, CHECKPOINT_FETCH_TIMEOUT_S, f"load_path {uri}")
+    return local
+
+
+CHECKPOINT_FETCH_TIMEOUT_S = 2 * 3600
+
+
+def fetch_checked_autoresume_checkpoint(save_folder: str) -> None:
+    """The checkpoint that ``latest-rank0.pt.symlink`` names in a remote save folder, fetched to the local
+    path where Composer's autoresume looks first and checked there: a damaged or missing one is refused
+    instead of loaded, or instead of silently starting over.
+
+    Composer reads that local path (``./s3:/bucket/prefix/latest-rank0.pt``) as the remote folder's latest
+    checkpoint, so a copy left there by an earlier run is removed first: the bucket is the truth.
+    """
+    from maxtoki import storage
+    from maxtoki.checkpoint_files import fetch_checked_checkpoint
+
+    local = os.path.join(save_folder, "latest-rank0.pt")
+    if os.path.lexists(local):
+        os.remove(local)
+    link = f"{save_folder.rstrip('/')}/latest-rank0.pt.symlink"
+    if not storage.object_exists(link):
+        return  # a first run: nothing to resume
+    target = storage.resolve_checkpoint(link)
+    advice = (f"delete it and write the name of the previous checkpoint in {link} (or delete {link} to start "
+              "over)")
+    if not storage.object_exists(target):
+        raise MaxtokiError(f"{link} names {target}, which is not on the object store (an upload cut short); "
+                           f"write the name of the previous checkpoint in {link} (or delete it to start over)")
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    try:
+        fetch_checked_checkpoint(target, local, f"autoresume checkpoint {target}")
+    except MaxtokiError as exc:
+        raise MaxtokiError(f"{exc}. Autoresume would load it: {advice}") from None
 
 
 def check_recipe_keys(cfg) -> None:
@@ -160,17 +234,6 @@ def remove_unfinished_checkpoints(save_folder: str) -> list[str]:
     if removed:
         print(f"maxtoki: removed checkpoints of an interrupted save: {', '.join(sorted(removed))}", flush=True)
     return removed
-
-
-def remove_stale_autoresume_copy(save_folder: str) -> None:
-    """With a remote save folder, Composer first looks for ``latest-rank0.pt`` at the same path read as a
-    local one (``./s3:/bucket/prefix/``) and only then asks the object store. A copy left there by an
-    earlier run would be resumed instead of what the bucket holds; the bucket is the truth."""
-    local = Path(os.path.join(save_folder, "latest-rank0.pt"))
-    if local.exists() or local.is_symlink():
-        local.unlink()
-        print(f"maxtoki: ignoring the local copy {local} of the remote checkpoint; resuming from {save_folder}",
-              flush=True)
 
 
 def unlinked_remote_checkpoints(save_folder: str) -> list[str]:
@@ -228,6 +291,7 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
     cfg = load_recipe(recipe, list(overrides))
     localize_vocabularies(cfg)
     check_recipe(cfg)
+    assign_streaming_caches(cfg)
     save_folder = cfg.get("save_folder")
     if cfg.get("autoresume") and save_folder and "://" not in str(save_folder):
         remove_unfinished_checkpoints(str(save_folder))
@@ -243,7 +307,8 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
                                    f"latest-rank0.pt at the previous checkpoint in {save_folder} (or remove the "
                                    "link to start over)") from None
     elif cfg.get("autoresume") and save_folder:
-        remove_stale_autoresume_copy(str(save_folder))
+        if first_rank_of_node():
+            fetch_checked_autoresume_checkpoint(str(save_folder))
         unlinked = unlinked_remote_checkpoints(str(save_folder))
         if unlinked and not cfg.get("save_overwrite"):
             # autoresume starts from the linked checkpoint; the run passes these again and must replace them

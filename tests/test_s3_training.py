@@ -24,13 +24,11 @@ def cli(*argv):
     assert cli_main([str(a) for a in argv]) == 0
 
 
-def run(recipe, tmp_path, name, batches, *overrides):
+def run(recipe, name, batches, *overrides):
     return train_from_recipe(str(ROOT / "configs" / recipe), [
         f"variables.run_name={name}", f"save_folder={BUCKET}/runs/{name}", f"max_duration={batches}ba",
         f"eval_interval={batches}ba", "save_interval=2ba", "loggers={inmemory: {}}", "global_train_batch_size=8",
-        "device_train_microbatch_size=8", "eval_subset_num_batches=1", "console_log_interval=100ba",
-        f"train_loader.dataset.local={tmp_path / name / 'train-cache'}",
-        f"eval_loader.dataset.local={tmp_path / name / 'eval-cache'}", *overrides])
+        "device_train_microbatch_size=8", "eval_subset_num_batches=1", "console_log_interval=100ba", *overrides])
 
 
 def names(prefix):
@@ -57,19 +55,19 @@ def test_both_stages_stream_from_s3_checkpoint_to_s3_and_resume(s3_data, tmp_pat
     from composer.loggers import InMemoryLogger
 
     common = [f"variables.vocab={s3_data}"]
-    first = run("pretrain/tiny-cpu.yaml", tmp_path, "pretrain", 4, f"variables.data={BUCKET}/cells", "max_seq_len=64",
+    first = run("pretrain/tiny-cpu.yaml", "pretrain", 4, f"variables.data={BUCKET}/cells", "max_seq_len=64",
                 *common)
     assert int(first.state.timestamp.batch) == 4
     assert names(f"{BUCKET}/runs/pretrain") == ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt", "latest-rank0.pt.symlink"]
     # the same command with a longer duration resumes from the checkpoint on S3, not from scratch
-    again = run("pretrain/tiny-cpu.yaml", tmp_path / "again", "pretrain", 6, f"variables.data={BUCKET}/cells",
+    again = run("pretrain/tiny-cpu.yaml", "pretrain", 6, f"variables.data={BUCKET}/cells",
                 "max_seq_len=64", *common)
     logger = next(d for d in again.logger.destinations if isinstance(d, InMemoryLogger))
     assert [int(t.batch) for t, _ in logger.data["loss/train/total"]] == [4, 5]
     assert "ep0-ba6-rank0.pt" in names(f"{BUCKET}/runs/pretrain")
     # stage 2 starts from the latest stage-1 checkpoint on S3 (through Composer's symlink object)
     # and reads the vocabulary that the data carries on S3
-    second = run("temporal/tiny-cpu.yaml", tmp_path, "temporal", 2, f"variables.data={BUCKET}/paragraphs",
+    second = run("temporal/tiny-cpu.yaml", "temporal", 2, f"variables.data={BUCKET}/paragraphs",
                  f"variables.eval_data={BUCKET}/paragraphs", f"variables.vocab={BUCKET}/paragraphs/vocab.json",
                  f"variables.pretrained={BUCKET}/runs/pretrain/latest-rank0.pt.symlink", "max_seq_len=256",
                  "model.rope_scaling.original_max_position_embeddings=64")
@@ -91,3 +89,52 @@ def test_inference_reads_checkpoints_and_data_from_s3(s3_data, tmp_path):
     assert embedded.obsm["X_maxtoki"].shape == (271, 64) and np.isfinite(embedded.obsm["X_maxtoki"]).all()
     assert cli_main(["predict", "time", "--checkpoint", f"{BUCKET}/runs/none/latest-rank0.pt", "--data",
                      f"{BUCKET}/eval", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_every_loader_and_every_run_gets_its_own_streaming_cache(monkeypatch, tmp_path):
+    from maxtoki.data.loaders import streaming_cache
+
+    manifest = {"kind": "maxtoki.cells", "created": "2026-01-01T00:00:00+00:00"}
+    train = streaming_cache(f"{BUCKET}/cells", manifest, "s3://b/runs/a train_loader 0")
+    assert train == streaming_cache(f"{BUCKET}/cells", dict(manifest), "s3://b/runs/a train_loader 0")  # all ranks
+    others = {streaming_cache(f"{BUCKET}/cells", manifest, "s3://b/runs/a eval_loader 1"),  # eval of the same data
+              streaming_cache(f"{BUCKET}/cells", manifest, "s3://b/runs/b train_loader 0"),  # another run
+              streaming_cache(f"{BUCKET}/cells", {**manifest, "created": "2026-01-02T00:00:00+00:00"},
+                              "s3://b/runs/a train_loader 0")}  # the data rewritten in place
+    assert train not in others and len(others) == 3
+    monkeypatch.setenv("MAXTOKI_CACHE", str(tmp_path / "disk"))
+    assert streaming_cache(f"{BUCKET}/cells", manifest, "x").startswith(str(tmp_path / "disk") + "/")
+
+
+def test_damaged_checkpoints_on_s3_are_refused_never_loaded(s3_data, capsys):
+    """A stage-2 ``load_path`` and an autoresume checkpoint on S3 are checked like local ones (after the
+    first test has trained stage 1 to S3)."""
+    from maxtoki.training import main as train_main
+
+    raw = storage.download_bytes(f"{BUCKET}/runs/pretrain/ep0-ba4-rank0.pt")
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0xFF  # one byte changed inside the weights
+    damaged = {"truncated": raw[: len(raw) // 2], "flipped": bytes(flipped)}
+    key_prefix = storage.split_s3_uri(BUCKET)[1]  # Composer's link holds the checkpoint's key in the bucket
+    for kind, payload in damaged.items():
+        storage.upload_bytes(f"{BUCKET}/bad/{kind}.pt", payload)
+        assert train_main([str(ROOT / "configs/temporal/tiny-cpu.yaml"), f"variables.data={BUCKET}/paragraphs",
+                           f"variables.vocab={s3_data}", f"variables.pretrained={BUCKET}/bad/{kind}.pt",
+                           f"save_folder={BUCKET}/runs/from-{kind}"]) == 2
+        error = capsys.readouterr().err
+        assert f"load_path {BUCKET}/bad/{kind}.pt" in error and "damaged" in error and error.count("\n") == 1
+        # a save folder whose latest checkpoint is damaged: autoresume refuses it rather than loading it
+        folder = f"{BUCKET}/runs/resume-{kind}"
+        storage.upload_bytes(f"{folder}/ep0-ba4-rank0.pt", payload)
+        storage.upload_bytes(f"{folder}/latest-rank0.pt.symlink",
+                             f"{key_prefix}/runs/resume-{kind}/ep0-ba4-rank0.pt".encode())
+        assert train_main([str(ROOT / "configs/pretrain/tiny-cpu.yaml"), f"variables.data={BUCKET}/cells",
+                           f"variables.vocab={s3_data}", "max_seq_len=64", f"save_folder={folder}"]) == 2
+        error = capsys.readouterr().err
+        assert "autoresume checkpoint" in error and "damaged" in error and f"{folder}/latest-rank0.pt.symlink" in error
+    # the link names a checkpoint that never arrived: refused, not a silent fresh start
+    storage.upload_bytes(f"{BUCKET}/runs/lost/latest-rank0.pt.symlink",
+                         f"{key_prefix}/runs/lost/ep0-ba4-rank0.pt".encode())
+    assert train_main([str(ROOT / "configs/pretrain/tiny-cpu.yaml"), f"variables.data={BUCKET}/cells",
+                       f"variables.vocab={s3_data}", "max_seq_len=64", f"save_folder={BUCKET}/runs/lost"]) == 2
+    assert "which is not on the object store" in capsys.readouterr().err

@@ -9,9 +9,9 @@ position, so a resumed run continues with exactly the samples it would have seen
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -37,13 +37,27 @@ def read_data_manifest(location: str) -> dict:
         raise MaxtokiError(f"{location}: cannot read the data ({exc})") from None
 
 
-def _cache_dir(remote: str) -> str:
-    """One cache per remote location, shared by the ranks of a node (as streaming requires)."""
-    digest = hashlib.sha256(remote.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), "maxtoki-streaming", digest)
+def streaming_cache(remote: str, manifest: dict, owner: str) -> str:
+    """The local cache of one loader of one run: ``owner`` names both (e.g. save folder and loader key).
+
+    Streaming refuses two live datasets on one cache, so a train and an eval loader reading the same data,
+    or two runs on one node, each need their own; the ranks of a node derive the same name, as streaming
+    requires. The manifest (with its creation time) is part of the name: data rewritten at the same
+    location never meets shards cached from its earlier version, while a resumed run finds its cache again.
+    """
+    key = json.dumps([remote, manifest, owner], sort_keys=True)
+    return os.path.join(storage.local_cache_root(), "streaming", hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
-def _streaming_dataset(location: str, keys: tuple[str, ...], max_seq_len: int, **kwargs):
+_datasets_built = itertools.count()
+
+
+def _process_cache(remote: str, manifest: dict) -> str:
+    """For a loader built outside a recipe (one process): a cache no other dataset of any process uses."""
+    return streaming_cache(remote, manifest, f"process {os.getpid()} dataset {next(_datasets_built)}")
+
+
+def _streaming_dataset(location: str, manifest: dict, keys: tuple[str, ...], max_seq_len: int, **kwargs):
     from streaming import StreamingDataset
 
     class _Dataset(StreamingDataset):
@@ -56,7 +70,8 @@ def _streaming_dataset(location: str, keys: tuple[str, ...], max_seq_len: int, *
             return out
 
     if storage.is_remote(location):
-        return _Dataset(remote=location, local=kwargs.pop("local", None) or _cache_dir(location), **kwargs)
+        return _Dataset(remote=location, local=kwargs.pop("local", None) or _process_cache(location, manifest),
+                        **kwargs)
     return _Dataset(local=location, **kwargs)
 
 
@@ -107,7 +122,7 @@ def build_loader(kind: str, dataset: dict, device_batch_size: int, tokenizer=Non
         raise MaxtokiError(f"{location}: evaluation-layout paragraphs (--eval) are for inference; train on "
                            "paragraphs made without --eval")
     keys = CELL_KEYS if kind == "cells" else PARAGRAPH_KEYS
-    streaming_dataset = _streaming_dataset(location, keys, max_seq_len, batch_size=device_batch_size, **dataset)
+    streaming_dataset = _streaming_dataset(location, manifest, keys, max_seq_len, batch_size=device_batch_size, **dataset)
     loader = StreamingDataLoader(streaming_dataset, batch_size=device_batch_size, collate_fn=PadCollator(vocab.pad_id),
                                  drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory,
                                  prefetch_factor=prefetch_factor if num_workers else None,
