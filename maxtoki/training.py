@@ -202,12 +202,17 @@ def check_recipe_keys(cfg) -> None:
     import inspect
 
     from llmfoundry.utils.config_utils import TRAIN_CONFIG_KEYS
+    from streaming import StreamingDataset
 
+    from maxtoki.data.loaders import DATASET_KEYS
     from maxtoki.model.composer_model import _RecipeModel
 
     model_keys = {"name", *inspect.signature(_RecipeModel.__init__).parameters} - {"self"}
     sections = [("", list(cfg), set(TRAIN_CONFIG_KEYS)),
                 ("model.", list(cfg.get("model") or {}), model_keys)]
+    dataset_keys = set(DATASET_KEYS) | set(inspect.signature(StreamingDataset.__init__).parameters) - {"self"}
+    for key, loader in recipe_loaders(cfg):
+        sections.append((f"{key}.dataset.", list(loader.get("dataset") or {}), dataset_keys))
     for prefix, keys, known in sections:
         for key in keys:
             if key not in known:

@@ -371,13 +371,14 @@ def test_documented_options_are_valid_over_the_1b_recipe(snippet, monkeypatch):
     from streaming import StreamingDataset
     from streaming.base.util import bytes_to_int
 
+    from maxtoki.data.loaders import DATASET_KEYS
     from maxtoki.training import check_recipe_keys, recipe_loaders
 
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs/pretrain/1b.yaml"), OmegaConf.create(snippet))
     check_recipe_keys(cfg)
     fsdp = OmegaConf.to_container(cfg.fsdp_config)
     assert set(fsdp) <= {f.name for f in dataclasses.fields(FSDPConfig) if not f.name.startswith("_")}
-    dataset_keys = set(inspect.signature(StreamingDataset.__init__).parameters) | {"remote", "vocab", "max_seq_len"}
+    dataset_keys = set(inspect.signature(StreamingDataset.__init__).parameters) | set(DATASET_KEYS)
     for _, loader in recipe_loaders(cfg):
         assert set(loader["dataset"]) <= dataset_keys
         if "cache_limit" in loader["dataset"]:

@@ -113,6 +113,18 @@ def test_stage2_starts_from_stage1_and_loss_falls(tmp_path, stage1, stage2, hsmm
     assert len(spread) == 16 and (spread[np.isfinite(spread)] > 0).all() and np.isfinite(spread).sum() >= 8
 
 
+def test_stage1_trains_on_packed_rows(tmp_path, hsmm_data):
+    """``train_loader.dataset.packing_ratio`` packs the 128-token cells two to a 256-token row."""
+    trainer = train_from_recipe(PRETRAIN, [f"variables.data={hsmm_data['cells']}",
+                                           f"variables.vocab={hsmm_data['vocab']}", "max_seq_len=256",
+                                           "train_loader.dataset.packing_ratio=auto", "optimizer.lr=0.01",
+                                           *common(tmp_path, "packed", 12)])
+    values = losses(trainer)
+    assert len(values) == 12 and np.isfinite(values).all() and values[-3:].mean() < values[:3].mean()
+    collate = trainer.state.train_dataloader.collate_fn
+    assert collate.cells_in == 12 * 16 and collate.cells_dropped == 0  # 8 rows of two cells per batch
+
+
 def test_stage2_after_meta_initialisation_holds_the_checkpoint_weights(stage1, hsmm_data):
     """The GPU recipes build the model on ``meta``; FSDP materialises it module by module, then Composer
     loads the stage-1 checkpoint: the result must be exactly the checkpoint, rotary frequencies included."""
@@ -148,6 +160,8 @@ def test_stage2_after_meta_initialisation_holds_the_checkpoint_weights(stage1, h
     ("fsdp_confg={sharding_strategy: FULL_SHARD}", "unknown recipe key fsdp_confg; did you mean fsdp_config?"),
     ("+fsdp_config={sharding_strategy: FULL_SHARD}", "unknown recipe key +fsdp_config; did you mean fsdp_config?"),
     ("model.label_scaler=24", "unknown recipe key model.label_scaler; did you mean model.label_scalar?"),
+    ("train_loader.dataset.packing_ratoi=auto",
+     "unknown recipe key train_loader.dataset.packing_ratoi; did you mean train_loader.dataset.packing_ratio?"),
 ])
 def test_bad_configuration_fails_fast(capsys, hsmm_data, override, message):
     code = train_main([PRETRAIN, f"variables.data={hsmm_data['cells']}", f"variables.vocab={hsmm_data['vocab']}",

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from maxtoki import storage
+from maxtoki.data.packing import PackingCollator
 from maxtoki.errors import MaxtokiError
 
+DATASET_KEYS = ("remote", "vocab", "max_seq_len", "packing_ratio")  # a loader's own; the others go to streaming
 CELL_KEYS = ("input_ids",)
 PARAGRAPH_KEYS = ("input_ids", "prompt_length", "task", "timelapse")
 
@@ -109,6 +111,7 @@ def build_loader(kind: str, dataset: dict, device_batch_size: int, tokenizer=Non
     location = str(dataset.pop("remote"))
     vocab_path = dataset.pop("vocab")
     max_seq_len = int(dataset.pop("max_seq_len"))
+    packing_ratio = dataset.pop("packing_ratio", None)
     manifest = read_data_manifest(location)
     expected = {"cells": "maxtoki.cells", "paragraphs": "maxtoki.paragraphs"}[kind]
     if manifest.get("kind") != expected:
@@ -122,12 +125,38 @@ def build_loader(kind: str, dataset: dict, device_batch_size: int, tokenizer=Non
         raise MaxtokiError(f"{location}: evaluation-layout paragraphs (--eval) are for inference; train on "
                            "paragraphs made without --eval")
     keys = CELL_KEYS if kind == "cells" else PARAGRAPH_KEYS
-    streaming_dataset = _streaming_dataset(location, manifest, keys, max_seq_len, batch_size=device_batch_size, **dataset)
-    loader = StreamingDataLoader(streaming_dataset, batch_size=device_batch_size, collate_fn=PadCollator(vocab.pad_id),
+    cells_per_batch, collate = device_batch_size, PadCollator(vocab.pad_id)
+    if packing_ratio is not None:
+        if kind != "cells":
+            raise MaxtokiError("dataset.packing_ratio: packing is for stage 1 (cells); paragraphs fill their context "
+                               "already")
+        ratio = resolve_packing_ratio(packing_ratio, manifest, max_seq_len)
+        cells_per_batch = max(device_batch_size, round(ratio * device_batch_size))
+        collate = PackingCollator(device_batch_size, max_seq_len, vocab.pad_id)
+    streaming_dataset = _streaming_dataset(location, manifest, keys, max_seq_len, batch_size=cells_per_batch, **dataset)
+    loader = StreamingDataLoader(streaming_dataset, batch_size=cells_per_batch, collate_fn=collate,
                                  drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory,
                                  prefetch_factor=prefetch_factor if num_workers else None,
                                  persistent_workers=persistent_workers and num_workers > 0, timeout=timeout)
     return DataSpec(loader, get_num_tokens_in_batch=lambda batch: int(batch["attention_mask"].sum()))
+
+
+PACKED_FILL = 0.98  # of a row's tokens, what ``auto`` asks the cells read per row to bring on average
+
+
+def resolve_packing_ratio(packing_ratio, manifest: dict, max_seq_len: int) -> float:
+    """Cells read per packed row: a number, or ``auto``: as many as bring 98% of a row's tokens on average,
+    from the mean cell length the data's manifest records (rows left over carry the rest)."""
+    if packing_ratio == "auto":
+        mean_length = manifest["tokens"] / max(1, manifest["cells"]["written"])
+        return max(1.0, PACKED_FILL * max_seq_len / mean_length)
+    try:
+        ratio = float(packing_ratio)
+    except (TypeError, ValueError):
+        ratio = 0.0
+    if ratio < 1:
+        raise MaxtokiError(f"dataset.packing_ratio {packing_ratio!r}: give auto or a number of cells per row, at least 1")
+    return ratio
 
 
 def build_cells_loader(**kwargs):

@@ -17,30 +17,67 @@ from maxtoki.vocab import Vocabulary
 EMBEDDING_KEY = "X_maxtoki"
 
 
+PACKING_CHUNK = 512  # cells packed together: first-fit-decreasing stays cheap, rows stay full
+
+
 def embed_tokens(model, cells: list[np.ndarray], vocab: Vocabulary, batch_size: int = 16,
-                 device: str = "cpu") -> np.ndarray:
-    """Mean-pooled last-layer states of the gene tokens of every cell (cells x hidden size)."""
+                 device: str = "cpu", pack: bool | None = None) -> np.ndarray:
+    """Mean-pooled last-layer states of the gene tokens of every cell (cells x hidden size).
+
+    ``pack`` (default: where attention is flash-attention 2, whose variable-length kernels skip the
+    pairs of tokens of different cells) runs rows of ``batch_size`` rows holding several cells each;
+    otherwise batches of ``batch_size`` cells of similar length, so that little is padding.
+    """
     import torch
+
+    from maxtoki.model.packed_attention import attention_inputs
 
     limit = model.config.max_position_embeddings
     model = model.to(device).eval()
+    cells = [np.asarray(c[:limit], dtype=np.int64) for c in cells]
+    if pack is None:
+        pack = model.config._attn_implementation == "flash_attention_2"
     is_gene = torch.as_tensor(vocab.is_gene, device=device)
-    out = []
+    pooled = torch.zeros(len(cells), model.config.hidden_size, dtype=torch.float64)
     with torch.no_grad():
-        for start in range(0, len(cells), batch_size):
-            batch = [np.asarray(c[:limit], dtype=np.int64) for c in cells[start:start + batch_size]]
-            longest = max(len(c) for c in batch)
-            ids = torch.full((len(batch), longest), vocab.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, cell in enumerate(batch):
-                ids[row, :len(cell)] = torch.from_numpy(cell)
-                mask[row, :len(cell)] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-            genes = (mask.bool() & is_gene[ids]).unsqueeze(-1).to(states.dtype)
-            pooled = (states * genes).sum(dim=1) / genes.sum(dim=1).clamp(min=1)
-            out.append(pooled.float().cpu().numpy())
-    return np.concatenate(out)
+        for indices, batch in _batches(cells, batch_size, limit, vocab.pad_id, pack):
+            batch = {key: value.to(device) for key, value in batch.items()}
+            states = model(input_ids=batch["input_ids"], output_hidden_states=True,
+                           **attention_inputs(model, batch)).hidden_states[-1]
+            genes = batch["attention_mask"].bool() & is_gene[batch["input_ids"]]
+            owner = batch["owner"][genes]  # the position in ``indices`` of the cell of each gene token
+            sums = torch.zeros(len(indices), states.shape[-1], dtype=torch.float64, device=device)
+            sums.index_add_(0, owner, states[genes].double())
+            counts = torch.bincount(owner, minlength=len(indices)).clamp(min=1)
+            pooled[indices] = (sums / counts[:, None]).cpu()
+    return pooled.float().numpy()
+
+
+def _batches(cells: list[np.ndarray], batch_size: int, limit: int, pad_id: int, pack: bool):
+    """(cell index of each row or of each packed cell, tensors) for every batch."""
+    import torch
+
+    from maxtoki.data.loaders import PadCollator
+    from maxtoki.data.packing import first_fit_decreasing, packed_batch
+
+    lengths = [len(cell) for cell in cells]
+    if not pack:
+        order = sorted(range(len(cells)), key=lambda i: lengths[i])
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            batch = PadCollator(pad_id)([{"input_ids": cells[i]} for i in chosen])
+            batch["owner"] = torch.arange(len(chosen))[:, None].expand_as(batch["input_ids"])
+            yield torch.as_tensor(chosen), batch
+        return
+    for chunk in range(0, len(cells), PACKING_CHUNK):
+        rows = first_fit_decreasing(lengths, range(chunk, min(chunk + PACKING_CHUNK, len(cells))), limit)
+        for start in range(0, len(rows), batch_size):
+            chosen = rows[start:start + batch_size]
+            batch = packed_batch(cells, chosen, pad_id)
+            # sequence_id numbers the cells of a row; "owner" numbers them across the batch
+            offsets = torch.as_tensor(np.cumsum([0] + [len(row) for row in chosen[:-1]]))[:, None]
+            batch["owner"] = torch.where(batch["sequence_id"] >= 0, batch["sequence_id"] + offsets, 0)
+            yield torch.as_tensor([i for row in chosen for i in row]), batch
 
 
 def embed(checkpoint: str, data: str, out: str | Path, *, medians: str | None = None, vocab_path: str | None = None,

@@ -23,6 +23,7 @@ from maxtoki.model.metrics import (
     TimelapsePearson,
     TimelapseSpread,
 )
+from maxtoki.model.packed_attention import attention_inputs, cell_lengths
 from maxtoki.vocab import Vocabulary
 
 OBJECTIVES = ("pretrain", "temporal")
@@ -79,8 +80,7 @@ class MaxTokiModel(HuggingFaceModel):
         scored = labels != IGNORE
         self._scored_positions = scored
         try:
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                use_cache=False).logits
+            logits = self.model(input_ids=batch["input_ids"], use_cache=False, **attention_inputs(self.model, batch)).logits
         finally:
             self._scored_positions = None
         readout = readout[scored]
@@ -114,9 +114,13 @@ class MaxTokiModel(HuggingFaceModel):
         metric.update(batch, outputs, self)
 
     def flops_per_batch(self, batch: dict) -> float:
-        """Training FLOPs of the real (non-pad) tokens: 6 N per token plus attention per sequence."""
+        """Training FLOPs of the real (non-pad) tokens: 6 N per token plus attention within each sequence
+        (each cell of a packed row)."""
         config = self.model.config
-        lengths = batch["attention_mask"].sum(dim=1).double()
+        if "sequence_id" in batch:
+            lengths = cell_lengths(batch["sequence_id"]).double()
+        else:
+            lengths = batch["attention_mask"].sum(dim=1).double()
         attention = 2 * 2 * config.num_hidden_layers * config.hidden_size * lengths.square()
         return float(3 * (2 * self._flop_weights * lengths + attention).sum())
 

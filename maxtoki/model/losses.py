@@ -51,7 +51,11 @@ def scored_labels(batch: dict, objective: str) -> tuple[torch.Tensor, torch.Tens
     """Labels (IGNORE where unscored) and the TimeBetweenCells read-out positions, both (batch, length)."""
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     if objective == "pretrain":
-        return next_token_labels(input_ids, attention_mask), torch.zeros_like(input_ids, dtype=torch.bool)
+        labels = next_token_labels(input_ids, attention_mask)
+        if "sequence_id" in batch:  # packed rows: a cell's last token predicts nothing of the next cell
+            sequence_id = batch["sequence_id"]
+            labels[:, :-1].masked_fill_(sequence_id[:, 1:] != sequence_id[:, :-1], IGNORE)
+        return labels, torch.zeros_like(input_ids, dtype=torch.bool)
     responses = response_labels(input_ids, attention_mask, batch["prompt_length"])
     readout = torch.zeros_like(input_ids, dtype=torch.bool)
     rows = torch.nonzero(batch["task"] != 0).squeeze(1)
