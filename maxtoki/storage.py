@@ -95,6 +95,32 @@ def delete_prefix(uri: str) -> int:
     return len(keys)
 
 
+def delete_object(uri: str) -> None:
+    """Delete one object (nothing happens when it does not exist)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except (BotoCoreError, ClientError) as exc:
+        raise _describe(uri, exc) from None
+
+
+def delete_keys(prefix: str, names: list[str]) -> None:
+    """Delete the objects ``prefix/name`` (a no-op for an empty list)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not names:
+        return
+    bucket, key = split_s3_uri(prefix.rstrip("/"))
+    keys = [f"{key}/{name}" if key else name for name in names]
+    try:
+        for i in range(0, len(keys), 1000):
+            s3_client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+    except (BotoCoreError, ClientError) as exc:
+        raise _describe(prefix, exc) from None
+
+
 def upload_bytes(uri: str, payload: bytes) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 

@@ -241,21 +241,6 @@ def remove_unfinished_checkpoints(save_folder: str) -> list[str]:
     return removed
 
 
-def unlinked_remote_checkpoints(save_folder: str) -> list[str]:
-    """Checkpoints on the object store newer than the one ``latest-rank0.pt.symlink`` names (all of them when
-    there is no link): a run that lost the store uploaded them but stopped before linking them."""
-    from maxtoki import storage
-
-    names = [key.rsplit("/", 1)[-1] for key in storage.list_keys(save_folder)]
-    linked = 0
-    if "latest-rank0.pt.symlink" in names:
-        target = storage.download_bytes(f"{save_folder.rstrip('/')}/latest-rank0.pt.symlink").decode()
-        match = re.search(r"-ba(\d+)-", target)
-        linked = int(match.group(1)) if match else 0
-    return sorted(name for name in names
-                  if (match := re.fullmatch(r"ep\d+-ba(\d+)-rank\d+\.pt", name)) and int(match.group(1)) > linked)
-
-
 def storage_outage(exc: BaseException) -> str | None:
     """The object-store failure behind an exception raised by training, if any (Composer re-raises its
     uploader's errors as they are, or as a RuntimeError when the check for an uploaded checkpoint fails)."""
@@ -314,6 +299,8 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
     elif cfg.get("autoresume") and save_folder:
         if first_rank_of_node():
             fetch_checked_autoresume_checkpoint(str(save_folder))
+        from maxtoki.remote_checkpoints import unlinked_remote_checkpoints
+
         unlinked = unlinked_remote_checkpoints(str(save_folder))
         if unlinked and not cfg.get("save_overwrite"):
             # autoresume starts from the linked checkpoint; the run passes these again and must replace them

@@ -357,7 +357,8 @@ SNIPPETS = re.findall(r"```yaml\n(.*?)```", TUTORIAL, re.S)
 
 def test_the_tutorial_documents_the_multi_node_options():
     text = " ".join(SNIPPETS)
-    assert all(option in text for option in ("HYBRID_SHARD", "cache_limit", "load_monolith_rank0_only"))
+    assert all(option in text for option in ("HYBRID_SHARD", "cache_limit", "load_monolith_rank0_only",
+                                             "prune_remote_checkpoints"))
 
 
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda s: "+".join(yaml.safe_load(s)))

@@ -138,3 +138,12 @@ def test_damaged_checkpoints_on_s3_are_refused_never_loaded(s3_data, capsys):
     assert train_main([str(ROOT / "configs/pretrain/tiny-cpu.yaml"), f"variables.data={BUCKET}/cells",
                        f"variables.vocab={s3_data}", "max_seq_len=64", f"save_folder={BUCKET}/runs/lost"]) == 2
     assert "which is not on the object store" in capsys.readouterr().err
+
+
+def test_old_checkpoints_on_s3_are_pruned(s3_data):
+    """Composer never deletes checkpoints from an object store; the callback keeps the newest ones."""
+    trainer = run("pretrain/tiny-cpu.yaml", "pruned", 5, f"variables.data={BUCKET}/cells", f"variables.vocab={s3_data}",
+                  "max_seq_len=64", "save_interval=1ba", "callbacks.prune_remote_checkpoints.keep=2")
+    assert int(trainer.state.timestamp.batch) == 5
+    assert names(f"{BUCKET}/runs/pruned") == ["ep0-ba4-rank0.pt", "ep0-ba5-rank0.pt", "latest-rank0.pt.symlink"]
+    assert storage.download_bytes(f"{BUCKET}/runs/pruned/latest-rank0.pt.symlink").decode().endswith("ba5-rank0.pt")

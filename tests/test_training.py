@@ -193,7 +193,8 @@ def test_recipes_are_valid_llm_foundry_train_configs(recipe):
     if "cpu" not in recipe:
         assert train_cfg.precision == "amp_bf16" and train_cfg.device_train_microbatch_size == "auto"
         assert train_cfg.fsdp_config["sharding_strategy"] == "FULL_SHARD" and train_cfg.autoresume
-        assert {"speed_monitor", "lr_monitor", "memory_monitor", "runtime_estimator"} <= set(train_cfg.callbacks)
+        assert {"speed_monitor", "lr_monitor", "memory_monitor", "runtime_estimator",
+                "prune_remote_checkpoints"} <= set(train_cfg.callbacks)
         assert "wandb" in train_cfg.loggers and "gradient_clipping" in train_cfg.algorithms
     json.dumps(train_cfg.model)  # plain data, loggable
 

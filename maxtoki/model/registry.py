@@ -1,8 +1,9 @@
 """Registers the models, data loaders and logger with llm-foundry, so recipes name them:
 
 ``model: {name: maxtoki_pretrain | maxtoki_temporal, ...}``,
-``train_loader: {name: maxtoki_cells | maxtoki_paragraphs, ...}``, and ``loggers: {wandb: ...}``, a
-WandBLogger that autoresume can run beside (see ``wandb_logger``).
+``train_loader: {name: maxtoki_cells | maxtoki_paragraphs, ...}``, ``loggers: {wandb: ...}``, a
+WandBLogger that autoresume can run beside (see ``wandb_logger``), and
+``callbacks: {prune_remote_checkpoints: {keep: 3}}`` (see ``remote_checkpoints``).
 Importing this module is enough (``scripts/train.py`` does it).
 """
 
@@ -11,6 +12,7 @@ from llmfoundry import registry
 from maxtoki.data.loaders import build_cells_loader, build_paragraphs_loader
 from maxtoki.model.composer_model import MaxTokiPretrainModel, MaxTokiTemporalModel
 from maxtoki.model.wandb_logger import ResumableWandBLogger
+from maxtoki.remote_checkpoints import PruneRemoteCheckpoints
 
 for _name, _builder in (("maxtoki_pretrain", MaxTokiPretrainModel), ("maxtoki_temporal", MaxTokiTemporalModel)):
     if _name not in registry.models:
@@ -19,3 +21,5 @@ for _name, _builder in (("maxtoki_cells", build_cells_loader), ("maxtoki_paragra
     if _name not in registry.dataloaders:
         registry.dataloaders.register(_name, func=_builder)
 registry.loggers.register("wandb", func=ResumableWandBLogger)
+if "prune_remote_checkpoints" not in registry.callbacks:
+    registry.callbacks.register("prune_remote_checkpoints", func=PruneRemoteCheckpoints)
