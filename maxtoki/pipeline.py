@@ -233,7 +233,8 @@ def train_and_evaluate(out: Path, options: PipelineOptions, evaluation: str, max
         f"variables.vocab={out / 'vocab.json'}", f"variables.pretrained={runs / 'pretrain' / 'latest-rank0.pt'}",
         f"save_folder={runs / 'temporal'}", f"max_seq_len={max_seq_len}",
         f"model.rope_scaling.original_max_position_embeddings={options.cell_length}",
-        f"model.label_scalar={scale}", f"model.time_smoothing={scale / 2}", f"max_duration={options.temporal_batches}ba",
+        f"model.label_scalar={scale}", f"model.time_smoothing={scale / 2}",
+        f"max_duration={options.temporal_batches}ba",
         f"eval_interval={options.temporal_batches}ba", f"save_interval={options.temporal_batches}ba", *common])
 
     log("== 7/8 predicted time between held-out cells, with baselines")

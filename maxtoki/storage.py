@@ -95,17 +95,6 @@ def delete_prefix(uri: str) -> int:
     return len(keys)
 
 
-def delete_object(uri: str) -> None:
-    """Delete one object (nothing happens when it does not exist)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = split_s3_uri(uri)
-    try:
-        s3_client().delete_object(Bucket=bucket, Key=key)
-    except (BotoCoreError, ClientError) as exc:
-        raise _describe(uri, exc) from None
-
-
 def delete_keys(prefix: str, names: list[str]) -> None:
     """Delete the objects ``prefix/name`` (a no-op for an empty list)."""
     from botocore.exceptions import BotoCoreError, ClientError

@@ -324,6 +324,11 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
               "nothing to do (raise max_duration to train on, or give another save_folder)", flush=True)
         return None
     except Exception as exc:
+        from maxtoki.data.loaders import TrainingDataUnreachable
+
+        if isinstance(exc, TrainingDataUnreachable):
+            raise MaxtokiError(f"lost the object store while reading training data ({exc}); rerun the same "
+                               "command to resume") from None
         outage = storage_outage(exc)
         if outage is None:
             raise

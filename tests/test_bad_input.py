@@ -115,12 +115,15 @@ def test_existing_output_is_refused_unless_overwrite(capsys, tmp_path, tiny_file
     assert code == 2 and "non-integer" in err
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not list(tmp_path.glob(".cells.*"))
-    # a directory left by a crashed run (no manifest) is reported as unfinished
+    # files without a manifest are not maxtoki's (its unfinished runs write beside the output, not in it)
     shutil.rmtree(out)
     (out / "part-00000").mkdir(parents=True)
     (out / "part-00000" / "shard.00000.mds").write_bytes(b"partial")
     code, err = tokenize(capsys, vocab, medians, [good], out)
-    assert code == 2 and "unfinished run" in err
+    assert code == 2 and err == (f"maxtoki: error: {out}: holds files but no manifest.json, so maxtoki did not write "
+                                 "them (its unfinished runs leave nothing there); choose another --out, or pass "
+                                 "--overwrite to delete them\n")
+    assert (out / "part-00000" / "shard.00000.mds").read_bytes() == b"partial"
     assert tokenize(capsys, vocab, medians, [good], out, "--overwrite")[0] == 0
     assert not (out / "part-00000" / "shard.00000.mds").read_bytes() == b"partial"
     assert json.loads((out / "manifest.json").read_text())["cells"]["written"] == 2

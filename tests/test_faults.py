@@ -1,12 +1,17 @@
 """Conversions killed with SIGKILL mid-write and rerun: the output is complete and equal to that of an
-uninterrupted run, and nothing half-written is ever visible as a finished output."""
+uninterrupted run, and nothing half-written is ever visible as a finished output. Locally and on s3://
+(a real S3-compatible server process)."""
 
+import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from maxtoki.cli import main as cli_main
@@ -69,3 +74,136 @@ def test_killed_paragraphs_reruns_to_the_same_output(simulated, tmp_path):
     cli(*argv, "--out", tmp_path / "p")
     assert written_files(tmp_path / "p") == written_files(tmp_path / "whole")
     assert not list(tmp_path.glob(".p.partial-*"))
+
+
+SPLIT = ["--num-examples", 4000, "--seed", 5, "--time-scale", 0.1, "--split", "train=0.5,test=0.5"]
+
+
+def test_killed_split_paragraphs_rerun_to_the_same_output(simulated, tmp_path):
+    """The killed run finished the train split; the rerun may replace it (an output of the same run)."""
+    cli("data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
+        simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", tmp_path / "cells",
+        "--model-input-size", 256)
+    argv = ["data", "paragraphs", tmp_path / "cells", *SPLIT]
+    cli(*argv, "--out", tmp_path / "whole")
+    kill_while_writing([*argv, "--out", tmp_path / "p"], tmp_path / "p" / "test", "part-00000")
+    assert (tmp_path / "p" / "train" / "manifest.json").exists() and not (tmp_path / "p" / "splits.json").exists()
+    cli(*argv, "--out", tmp_path / "p")
+    assert written_files(tmp_path / "p") == written_files(tmp_path / "whole")
+    assert not list((tmp_path / "p").glob(".test.partial-*"))
+
+
+# ----- s3:// ----------------------------------------------------------------------------------
+BUCKET = "maxtoki-test"
+
+
+def s3_objects(prefix: str) -> dict[str, bytes]:
+    """Every object under ``s3://maxtoki-test/<prefix>/`` by its name below the prefix."""
+    client = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"])
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/")
+    return {obj["Key"][len(prefix) + 1:]: client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+            for page in pages for obj in page.get("Contents", [])}
+
+
+def same_output(rerun: dict[str, bytes], whole: dict[str, bytes]) -> None:
+    """Byte-equal objects; the manifests differ only in when and by which command line they were written."""
+    assert sorted(rerun) == sorted(whole)
+    assert {k: v for k, v in rerun.items() if k != "manifest.json"} == \
+        {k: v for k, v in whole.items() if k != "manifest.json"}
+    manifests = [json.loads(m["manifest.json"]) for m in (rerun, whole)]
+    for manifest in manifests:
+        del manifest["created"], manifest["command"]
+    assert manifests[0] == manifests[1]
+
+
+def kill_while_uploading(argv, prefix: str, key: str, env: dict) -> dict[str, bytes]:
+    """Start the command and SIGKILL it once ``key`` is on the server; returns what it left there."""
+    process = subprocess.Popen(command(*argv, "--out", f"s3://{BUCKET}/{prefix}"), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"])
+    deadline = time.monotonic() + 120
+    while client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/{key}").get("KeyCount", 0) == 0:
+        assert process.poll() is None, "the command finished before it could be killed; give it more work"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    left = s3_objects(prefix)
+    assert "manifest.json" not in left  # nothing looks finished
+    return left
+
+
+def rerun(argv, prefix: str, env: dict) -> str:
+    """The same command again, in a process of its own; returns what it printed on stderr."""
+    result = subprocess.run(command(*argv, "--out", f"s3://{BUCKET}/{prefix}"), env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+@pytest.fixture
+def s3_env(s3_server, tmp_path):
+    """The environment of a CLI process talking to the server, with a temporary directory of its own."""
+    (tmp_path / "tmp").mkdir()
+    return {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+
+
+def notices(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("maxtoki:")]
+
+
+def started(marker: bytes) -> str:
+    """How a notice names the run that left this marker."""
+    marker = json.loads(marker)
+    assert marker["host"] == socket.gethostname()
+    return f"started {marker['started']} on {marker['host']}"
+
+
+@pytest.mark.s3
+def test_killed_tokenize_to_s3_reruns_to_the_same_output(simulated, s3_env, tmp_path):
+    argv = ["data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
+            simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--chunk-size", 512]
+    cli(*argv, "--out", f"s3://{BUCKET}/faults/whole-cells")
+    left = kill_while_uploading(argv, "faults/cells", "part-00000/shard.00000.mds", s3_env)
+    assert list((tmp_path / "tmp").glob("maxtoki-upload-*"))  # the killed run's local copies of its parts
+    assert notices(rerun(argv, "faults/cells", s3_env)) == [
+        f"maxtoki: s3://{BUCKET}/faults/cells: removing the {len(left)} objects of an unfinished run "
+        f"({started(left['_maxtoki_unfinished.json'])}) and writing the output again"]
+    same_output(s3_objects("faults/cells"), s3_objects("faults/whole-cells"))
+    assert not list((tmp_path / "tmp").glob("maxtoki-upload-*"))  # and they are gone
+
+
+@pytest.mark.s3
+def test_killed_paragraphs_to_s3_reruns_to_the_same_output(simulated, s3_env):
+    cells = f"s3://{BUCKET}/faults/paragraph-cells"
+    cli("data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
+        simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", cells,
+        "--model-input-size", 256)
+    argv = ["data", "paragraphs", cells, "--num-examples", 6000, "--seed", 5, "--time-scale", 0.1]
+    cli(*argv, "--out", f"s3://{BUCKET}/faults/whole-paragraphs")
+    left = kill_while_uploading(argv, "faults/paragraphs", "part-00001/shard.00000.mds", s3_env)
+    assert notices(rerun(argv, "faults/paragraphs", s3_env)) == [
+        f"maxtoki: s3://{BUCKET}/faults/paragraphs: removing the {len(left)} objects of an unfinished run "
+        f"({started(left['_maxtoki_unfinished.json'])}) and writing the output again"]
+    same_output(s3_objects("faults/paragraphs"), s3_objects("faults/whole-paragraphs"))
+
+
+@pytest.mark.s3
+def test_killed_split_paragraphs_to_s3_rerun_to_the_same_output(simulated, s3_env):
+    cells = f"s3://{BUCKET}/faults/split-cells"
+    cli("data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
+        simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", cells,
+        "--model-input-size", 256)
+    argv = ["data", "paragraphs", cells, *SPLIT]
+    cli(*argv, "--out", f"s3://{BUCKET}/faults/whole-splits")
+    left = kill_while_uploading(argv, "faults/splits", "test/part-00000/shard.00000.mds", s3_env)
+    assert "train/manifest.json" in left and "splits.json" not in left
+    assert notices(rerun(argv, "faults/splits", s3_env)) == [
+        f"maxtoki: s3://{BUCKET}/faults/splits: replacing the splits of an unfinished run "
+        f"({started(left['_maxtoki_unfinished.json'])})"]
+    rerun_objects, whole = s3_objects("faults/splits"), s3_objects("faults/whole-splits")
+    assert rerun_objects.pop("splits.json") == whole.pop("splits.json")
+    for split in ("train", "test"):
+        same_output(*({k.split("/", 1)[1]: v for k, v in objects.items() if k.startswith(f"{split}/")}
+                      for objects in (rerun_objects, whole)))
+    assert sorted(rerun_objects) == sorted(whole)

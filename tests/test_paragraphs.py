@@ -198,6 +198,29 @@ def test_splits_hold_whole_groups_and_holdouts(tmp_path, simulated_cells):
     assert example["times"].tolist() == to_time_units(np.array(ages), 0.1).tolist()
 
 
+def test_a_split_run_over_files_maxtoki_did_not_write_is_refused_every_time(capsys, tmp_path, simulated_cells):
+    """Every split's location is checked before the run claims the directory (its marker lets a rerun replace
+    finished splits), so a rerun is refused again instead of deleting the files."""
+    out = tmp_path / "p"
+    (out / "test").mkdir(parents=True)
+    (out / "test" / "notes.txt").write_text("mine")
+    argv = ["data", "paragraphs", str(simulated_cells), "--out", str(out), "--num-examples", "50", "--time-scale",
+            "0.1", "--split", "train=0.5,test=0.5"]
+    for _ in range(2):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (
+            f"maxtoki: error: {out / 'test'}: holds files but no manifest.json, so maxtoki did not write them (its "
+            "unfinished runs leave nothing there); choose another --out, or pass --overwrite to delete them\n")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["test", "test/notes.txt"]
+    assert main(argv + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["splits.json", "test", "train"]
+    assert (out / "test" / "manifest.json").exists() and not (out / "test" / "notes.txt").exists()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"maxtoki: error: {out}: holds a finished output; choose another --out, or "
+                                       "pass --overwrite to replace it\n")
+
+
 def test_holdout_fraction_splits_one_time_course_by_cells(tmp_path, hsmm_cells):
     cells, _ = hsmm_cells
     out = tmp_path / "p"

@@ -1,6 +1,9 @@
 """Shards written to s3:// on a real S3-compatible server process (moto) on 127.0.0.1."""
 
 import json
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -42,18 +45,50 @@ def test_tokenize_to_s3_round_trip(capsys, tmp_path, s3_server, hsmm_path, hsmm_
     assert main(args + ["--out", uri, "--overwrite"]) == 0
 
 
-def test_unfinished_remote_output_and_failed_runs(capsys, tmp_path, s3_server, tiny_files):
+def test_objects_maxtoki_did_not_write_are_kept_and_failed_runs_leave_nothing(capsys, s3_server, tiny_files):
     vocab, medians, write = tiny_files
-    uri = "s3://maxtoki-test/runs/unfinished"
-    storage.upload_bytes(uri + "/part-00000/shard.00000.mds", b"left by a killed run")
+    uri = "s3://maxtoki-test/runs/foreign"
+    storage.upload_bytes(uri + "/results/table.csv", b"a user's own data")
     good = write("good.h5ad", [[1, 0, 0, 0, 0]])
     bad = write("bad.h5ad", [[0.5, 0, 0, 0, 0]])
     args = ["data", "tokenize", "--vocab", str(vocab), "--medians", str(medians), "--out", uri]
     assert main(args + [str(good)]) == 2
-    assert "no manifest.json (an unfinished run)" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"maxtoki: error: {uri}: holds 1 object but no manifest.json, so maxtoki did not write them (its unfinished "
+        "runs leave _maxtoki_unfinished.json); choose another --out, or pass --overwrite to delete them\n")
+    assert storage.download_bytes(uri + "/results/table.csv") == b"a user's own data"
     # a run that fails validation removes what it uploaded: nothing looks complete afterwards
     assert main(args + [str(good), str(bad), "--overwrite"]) == 2
     assert storage.list_keys(uri) == []
+
+
+def test_an_output_that_a_live_process_writes_is_not_replaced(capsys, s3_server, tiny_files):
+    vocab, medians, write = tiny_files
+    uri = "s3://maxtoki-test/runs/being-written"
+    good = write("good.h5ad", [[1, 0, 0, 0, 0]])
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        storage.upload_bytes(uri + "/_maxtoki_unfinished.json", json.dumps({
+            "command": "maxtoki data tokenize a.h5ad", "host": socket.gethostname(), "pid": writer.pid,
+            "started": "2025-01-02T03:04:05+00:00"}).encode())
+        storage.upload_bytes(uri + "/part-00000/shard.00000.mds", b"being written")
+        args = ["data", "tokenize", str(good), "--vocab", str(vocab), "--medians", str(medians), "--out", uri]
+        assert main(args) == 2
+        assert capsys.readouterr().err == (
+            f"maxtoki: error: {uri}: process {writer.pid} on this machine is writing it now (maxtoki data tokenize "
+            "a.h5ad); wait for it to finish, or choose another --out\n")
+        assert storage.download_bytes(uri + "/part-00000/shard.00000.mds") == b"being written"
+    finally:
+        writer.kill()
+        writer.wait()
+    # once that process is gone, what it left is an unfinished run: replaced by a complete output
+    assert main(args) == 0
+    assert capsys.readouterr().err == (
+        f"maxtoki: {uri}: removing the 2 objects of an unfinished run (started 2025-01-02T03:04:05+00:00 on "
+        f"{socket.gethostname()}) and writing the output again\n")
+    assert sorted(k.split("being-written/")[1] for k in storage.list_keys(uri)) == [
+        "index.json", "manifest.json", "part-00000/index.json", "part-00000/shard.00000.mds", "vocab.json"]
+    assert json.loads(storage.download_bytes(uri + "/manifest.json"))["cells"]["written"] == 1
 
 
 def test_unreachable_server_fails_fast(capsys, tmp_path, tiny_files, monkeypatch):

@@ -59,10 +59,52 @@ def _process_cache(remote: str, manifest: dict) -> str:
     return streaming_cache(remote, manifest, f"process {os.getpid()} dataset {next(_datasets_built)}")
 
 
+class TrainingDataUnreachable(MaxtokiError):
+    """A shard of remote data could not be downloaded: the object store was gone for longer than the downloads
+    retry. Raised in a DataLoader worker, it reaches the main process as this type with the worker's traceback
+    as its text, whose last line is the message."""
+
+    def __init__(self, message: str):
+        if message.startswith("Caught "):
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[1]
+        super().__init__(message)
+
+
+_CONNECTION_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError")
+
+
 def _streaming_dataset(location: str, manifest: dict, keys: tuple[str, ...], max_seq_len: int, **kwargs):
     from streaming import StreamingDataset
+    from streaming.base.dataset import _ShardState
 
     class _Dataset(StreamingDataset):
+        """Streaming, except that a failed download stops the epoch with its error instead of ending it early
+        (streaming's background thread only sets an event, and a new worker would then wait forever for the
+        shard it left half-prepared)."""
+
+        def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+            try:
+                super().prepare_shard(shard_id, blocking)
+            except Exception as exc:
+                self._shard_states[shard_id] = _ShardState.REMOTE
+                if type(exc).__name__ in _CONNECTION_ERRORS:
+                    raise TrainingDataUnreachable(f"{location}: {exc}") from exc
+                raise
+
+        def on_exception(self, future) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                self._failure = future.exception()
+                self._event.set()
+
+        def __iter__(self):
+            try:
+                yield from super().__iter__()
+            except RuntimeError:
+                if getattr(self, "_failure", None) is None:
+                    raise
+            if getattr(self, "_failure", None) is not None:
+                raise self._failure
+
         def __getitem__(self, index):
             sample = super().__getitem__(index)
             out = {key: sample[key] for key in keys}
@@ -155,7 +197,8 @@ def resolve_packing_ratio(packing_ratio, manifest: dict, max_seq_len: int) -> fl
     except (TypeError, ValueError):
         ratio = 0.0
     if ratio < 1:
-        raise MaxtokiError(f"dataset.packing_ratio {packing_ratio!r}: give auto or a number of cells per row, at least 1")
+        raise MaxtokiError(f"dataset.packing_ratio {packing_ratio!r}: give auto or a number of cells per row, "
+                           "at least 1")
     return ratio
 
 

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maxtoki import storage
 from maxtoki.data.blueprint import Blueprint
 from maxtoki.data.cell_store import CellIndex, CellStore, build_cell_index
-from maxtoki.data.destination import VOCAB_FILE, ShardDestination
+from maxtoki.data.destination import VOCAB_FILE, ShardDestination, SplitOutputs
 from maxtoki.data.manifest import base_manifest
 from maxtoki.data.mds import mds_writer_class
 from maxtoki.data.paragraphs import ParagraphOptions, assemble, sample_blueprint
@@ -142,6 +141,8 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
     weights = {name: (split or {}).get(name, 0) or len(subset) / len(index) for name, (subset, _) in subsets.items()}
     sizes = examples_per_split(options.num_examples, weights)
     seeds = np.random.SeedSequence(options.seed).spawn(len(subsets))
+    parent = SplitOutputs(out, subsets, SPLITS_NAME, overwrite)
+    write["overwrite"] = parent.open()
     manifests = {}
     for (name, (subset, groups)), seed in zip(subsets.items(), seeds):
         split_options = ParagraphOptions(**{**options.as_dict(), "num_examples": sizes[name]})
@@ -149,8 +150,8 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
         extra = {**source, "counts": counts, "split": name, "split_groups": groups}
         manifests[name] = write_paragraph_shards(blueprint, out=f"{str(out).rstrip('/')}/{name}", manifest_extra=extra,
                                                  **{**write, "options": split_options})
-    _write_splits_file(out, {name: groups for name, (_, groups) in subsets.items()}, split, holdout_groups,
-                       holdout_values, holdout_fraction, options.seed)
+    parent.commit(_splits_file({name: groups for name, (_, groups) in subsets.items()}, split, holdout_groups,
+                               holdout_values, holdout_fraction, options.seed))
     return manifests
 
 
@@ -210,15 +211,8 @@ def _column_values(store: CellStore, column: str) -> np.ndarray:
     return np.array([str(sample[column]) for sample in store], dtype=object)
 
 
-def _write_splits_file(out: str, groups: dict[str, list[str]], split, holdout_groups, holdout_values,
-                       holdout_fraction: float, seed) -> None:
-    payload = json.dumps({"seed": seed, "split": split, "holdout_groups": list(holdout_groups),
-                          "holdout_values": [f"{c}={v}" for c, v in holdout_values],
-                          "holdout_fraction": holdout_fraction, "groups": groups},
-                         indent=2).encode()
-    target = f"{str(out).rstrip('/')}/{SPLITS_NAME}"
-    if storage.is_remote(target):
-        storage.upload_bytes(target, payload)
-    else:
-        with open(target, "wb") as handle:
-            handle.write(payload)
+def _splits_file(groups: dict[str, list[str]], split, holdout_groups, holdout_values, holdout_fraction: float,
+                 seed) -> bytes:
+    return json.dumps({"seed": seed, "split": split, "holdout_groups": list(holdout_groups),
+                       "holdout_values": [f"{c}={v}" for c, v in holdout_values],
+                       "holdout_fraction": holdout_fraction, "groups": groups}, indent=2).encode()

@@ -80,7 +80,8 @@ class MaxTokiModel(HuggingFaceModel):
         scored = labels != IGNORE
         self._scored_positions = scored
         try:
-            logits = self.model(input_ids=batch["input_ids"], use_cache=False, **attention_inputs(self.model, batch)).logits
+            logits = self.model(input_ids=batch["input_ids"], use_cache=False,
+                                **attention_inputs(self.model, batch)).logits
         finally:
             self._scored_positions = None
         readout = readout[scored]
