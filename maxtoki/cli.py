@@ -64,6 +64,17 @@ def _add_analysis_options(parser: argparse.ArgumentParser, out_help: str) -> Non
     parser.add_argument("--seed", type=int, default=0)
 
 
+def _share(text: str) -> float:
+    """A share strictly between 0 and 1 (a coverage or confidence)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a share between 0 and 1, such as 0.8")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maxtoki", description="Temporal single-cell foundation model toolkit.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -74,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(predict_time, "evaluation paragraphs (maxtoki data paragraphs --eval)", "output directory", 8)
     predict_time.add_argument("--train-data", help="training paragraphs, to fit the baselines on (default: "
                                                    "the evaluation data, cross-fitted for the linear one)")
+    predict_time.add_argument("--interval", type=_share, default=0.8, metavar="P",
+                              help="nominal coverage of each prediction's interval, the central share P of the "
+                                   "model's distribution over times (default 0.8)")
+    predict_time.add_argument("--calibration-data", metavar="DIR",
+                              help="evaluation paragraphs of other held-out cells (e.g. a validation split): the "
+                                   "intervals are calibrated on them to hold the truth P of the time")
     predict_time.set_defaults(handler=_run_predict_time)
 
     generate = commands.add_parser("generate", help="NextCell: generate the cell expected after a time")
@@ -131,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="largest |age difference| of a case cell and its control (time-column units)")
     acceleration.add_argument("--pairs", type=int, default=400, help="case/control pairs (default 400)")
     acceleration.add_argument("--bootstrap", type=int, default=1000, help="resamples of case donors (default 1000)")
-    acceleration.add_argument("--confidence", type=float, default=0.95)
+    acceleration.add_argument("--confidence", type=_share, default=0.95)
     acceleration.set_defaults(handler=_run_age_acceleration)
     perturbation = analyze_commands.add_parser(
         "perturb", help="delete or overexpress genes in query cells; rank genes by the shift of predicted time")
@@ -480,7 +497,8 @@ def _run_pipeline(args) -> None:
 def _run_predict_time(args) -> None:
     from maxtoki.inference.predict_time import predict_time
 
-    metrics = predict_time(args.checkpoint, args.data, args.out, args.train_data, args.batch_size, args.device)
+    metrics = predict_time(args.checkpoint, args.data, args.out, args.train_data, args.batch_size, args.device,
+                           args.interval, args.calibration_data)
     print(f"{metrics['examples']} TimeBetweenCells prompts        median |error|      MAE  Pearson r")
     for label, key in (("model (expected value)", "model"), ("baseline: training-mean Δ", "baseline_training_mean"),
                        ("baseline: per-group mean Δ", "baseline_group_mean"),
@@ -488,6 +506,10 @@ def _run_predict_time(args) -> None:
         row = metrics[key]
         pearson = "-" if row["pearson_r"] != row["pearson_r"] else f"{row['pearson_r']:.3f}"  # NaN: constant
         print(f"  {label:<36}{row['median_absolute_error']:>10.2f}{row['mae']:>9.2f}{pearson:>11}")
+    print(f"{metrics['interval_nominal']:.0%} intervals hold the true time for {metrics['interval_coverage']:.0%} of "
+          f"the prompts (mean width {metrics['interval_mean_width']:.1f})" + (
+              f"; calibrated on {metrics['calibrated']['prompts']} prompts: {metrics['calibrated']['coverage']:.0%} "
+              f"(mean width {metrics['calibrated']['mean_width']:.1f})" if "calibrated" in metrics else ""))
     print(f"(linear regressor {metrics['baseline_linear_fit']}); predictions.csv, metrics.json and "
           f"predicted_vs_true.png in {args.out}")
     if metrics["warning"]:

@@ -265,6 +265,10 @@ def scores_table(metrics: dict, unit: str = "") -> str:
                "beats the training-mean baseline but not the linear regressor" if model < mean else
                "does not beat the training-mean baseline: it has not learned to place cells in time")
     lines.append(f"The model {verdict} (MAE {model:.1f} against {mean:.1f} and {linear:.1f}).")
+    if "interval_coverage" in metrics:
+        lines.append(f"Its {metrics['interval_nominal']:.0%} intervals hold the true time for "
+                     f"{metrics['interval_coverage']:.0%} of the prompts (mean width "
+                     f"{metrics['interval_mean_width']:.1f}).")
     if metrics.get("warning"):
         lines.append(f"Warning: {metrics['warning']}")
     return "\n".join(lines)

@@ -266,7 +266,8 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     cli("data", "paragraphs", hsmm_data["cells"], "--out", tmp_path / "eval", "--eval", "--num-examples", 40,
         "--max-seq-len", 512, "--seed", 9)
     assert cli_main(["predict", "time", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "eval"),
-                     "--out", str(tmp_path / "pred"), "--train-data", hsmm_data["paragraphs"]]) == 0
+                     "--out", str(tmp_path / "pred"), "--train-data", hsmm_data["paragraphs"],
+                     "--calibration-data", str(tmp_path / "eval")]) == 0
     table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     examples = [e for e in CellStore(str(tmp_path / "eval")) if e["task"] == 1]
     assert len(table) == len(examples) > 5
@@ -280,7 +281,24 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
         expected, _ = numeric_readout(model(input_ids=ids).logits[:, -1], torch.as_tensor(vocab.numeric_ids),
                                       torch.as_tensor(vocab.numeric_values[vocab.numeric_ids], dtype=torch.float32))
     assert table["predicted_timelapse"][0] == pytest.approx(float(expected[0]), abs=1e-3)
+    # the interval: the central 80% of the distribution over time tokens, read off its cumulative sum
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1, vocab.numeric_ids].double()
+    values = vocab.numeric_values[vocab.numeric_ids]
+    order = np.argsort(values)
+    cumulative = np.cumsum(torch.softmax(logits, dim=-1).numpy()[order])
+    assert table["interval_low"][0] == values[order][np.argmax(cumulative >= 0.1)]
+    assert table["interval_high"][0] == values[order][np.argmax(cumulative >= 0.9)]
     metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
+    true = table["true_timelapse"].to_numpy(dtype=float)
+    inside = (true >= table["interval_low"]) & (true <= table["interval_high"])
+    assert metrics["interval_nominal"] == 0.8 and metrics["interval_coverage"] == pytest.approx(inside.mean())
+    # calibrated on these same prompts (a mechanical check): both ends move by the conformal margin
+    scores = np.sort(np.maximum(table["interval_low"] - true, true - table["interval_high"]))
+    margin = scores[int(np.ceil((len(true) + 1) * 0.8)) - 1]
+    assert metrics["calibrated"]["margin"] == pytest.approx(margin)
+    assert np.allclose(table["calibrated_low"], table["interval_low"] - margin)
+    assert metrics["calibrated"]["coverage"] >= 0.8
     assert set(metrics["model"]) == {"mae", "median_absolute_error", "rmse", "pearson_r"}
     spread = table["predicted_timelapse"].std(ddof=0)
     assert metrics["prediction_std"] == pytest.approx(spread)

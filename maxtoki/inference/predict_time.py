@@ -1,7 +1,8 @@
 """TimeBetweenCells inference: one forward pass per prompt ending in ``<eoq>``.
 
 The softmax at ``<eoq>``, renormalized over the numeric tokens, gives the expected time (in time
-units) and its arg-max token. Results are scored against the truth and against three baselines
+units), its arg-max token and an interval (the central 80% of that distribution by default, checked
+for coverage and optionally calibrated on held-out prompts). Results are scored against the truth and against three baselines
 that need no model: the training-mean Δ, the per-group mean Δ, and a linear regressor on the
 cells' expression (``linear_baseline``), as in the paper.
 """
@@ -9,6 +10,7 @@ cells' expression (``linear_baseline``), as in the paper.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,13 @@ from maxtoki.data.blueprint import TASK_NAMES, TIME_BETWEEN_CELLS
 from maxtoki.data.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
 from maxtoki.inference.linear_baseline import linear_baseline
-from maxtoki.inference.timelapse_readout import TimelapseReadout
+from maxtoki.inference.timelapse_readout import (
+    DEFAULT_INTERVAL,
+    Readout,
+    TimelapseReadout,
+    conformal_margin,
+    coverage,
+)
 from maxtoki.vocab import Vocabulary
 
 
@@ -54,8 +62,9 @@ def evaluation_prompts(data: str, task: int) -> tuple[list[dict], Vocabulary]:
     return examples, vocab
 
 
-def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8, device: str = "cpu"):
-    """Expected and arg-max timelapse of every example (arrays, time units)."""
+def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8, device: str = "cpu",
+            interval: float = DEFAULT_INTERVAL) -> Readout:
+    """Expected and arg-max timelapse of every example and its interval (arrays, time units)."""
     import torch
 
     limit = model.config.max_position_embeddings
@@ -64,8 +73,8 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
         raise MaxtokiError(f"{len(too_long)} prompts are longer ({max(too_long)} tokens) than the model's context "
                            f"({limit}); make paragraphs with --max-seq-len {limit}")
     model = model.to(device)
-    readout = TimelapseReadout(vocab, device)
-    expected, argmax = [], []
+    readout = TimelapseReadout(vocab, device, interval)
+    parts = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]
@@ -77,10 +86,9 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
                 mask[row, :len(example["prompt_ids"])] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             last = mask.sum(dim=1) - 1
-            batch_expected, batch_argmax = readout(logits[torch.arange(len(batch)), last.to(device)])
-            expected.append(batch_expected)
-            argmax.append(batch_argmax)
-    return np.concatenate(expected), np.concatenate(argmax)
+            parts.append(readout.read(logits[torch.arange(len(batch)), last.to(device)]))
+    return Readout(*(np.concatenate([getattr(p, field) for p in parts]) for field in ("expected", "argmax", "low",
+                                                                                       "high")))
 
 
 def scores(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -104,16 +112,23 @@ def collapse_warning(predicted: np.ndarray, true: np.ndarray) -> str | None:
 
 
 def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | None = None,
-                 batch_size: int = 8, device: str = "cpu") -> dict:
-    """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out``; returns the metrics."""
+                 batch_size: int = 8, device: str = "cpu", interval: float = DEFAULT_INTERVAL,
+                 calibration_data: str | None = None) -> dict:
+    """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out``; returns the metrics.
+
+    ``calibration_data`` (evaluation paragraphs of cells held out from training and from ``data``, e.g. a
+    validation split) calibrates the intervals: both ends move by the conformal margin measured there.
+    """
     import pandas as pd
 
     examples, vocab = evaluation_prompts(data, TIME_BETWEEN_CELLS)
     model = load_model(checkpoint, vocab)
-    expected, argmax = predict(model, examples, vocab, batch_size, device)
+    readout = predict(model, examples, vocab, batch_size, device, interval)
+    expected, argmax = readout.expected, readout.argmax
     table = pd.DataFrame({"group": [str(e["group"]) for e in examples],
                           "true_timelapse": [int(e["timelapse"]) for e in examples],
-                          "predicted_timelapse": expected, "argmax_timelapse": argmax.astype(int)})
+                          "predicted_timelapse": expected, "argmax_timelapse": argmax.astype(int),
+                          "interval_low": readout.low, "interval_high": readout.high})
     training = [e for e in CellStore(train_data) if int(e["task"]) == TIME_BETWEEN_CELLS] if train_data else None
     train = training or examples
     train_deltas = pd.DataFrame({"group": [str(e["group"]) for e in train],
@@ -123,6 +138,21 @@ def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | 
     true = table["true_timelapse"].to_numpy(dtype=float)
     linear, linear_fit = linear_baseline(examples, vocab, training)
     table["linear_baseline_timelapse"] = linear
+    intervals = {"interval_nominal": interval, "interval_coverage": coverage(readout.low, readout.high, true),
+                 "interval_mean_width": float(np.mean(readout.high - readout.low))}
+    shown = (readout.low, readout.high)
+    if calibration_data:
+        calibration, _ = evaluation_prompts(calibration_data, TIME_BETWEEN_CELLS)
+        on_calibration = predict(model, calibration, vocab, batch_size, device, interval)
+        margin = conformal_margin(on_calibration.low, on_calibration.high,
+                                  np.array([float(e["timelapse"]) for e in calibration]), interval)
+        if not np.isfinite(margin):
+            raise MaxtokiError(f"{calibration_data}: {len(calibration)} TimeBetweenCells prompts are too few to "
+                               f"calibrate {interval:.0%} intervals; give at least {math.ceil(interval / (1 - interval))}")
+        shown = (readout.low - margin, readout.high + margin)
+        table["calibrated_low"], table["calibrated_high"] = shown
+        intervals["calibrated"] = {"from": calibration_data, "prompts": len(calibration), "margin": margin,
+                                   "coverage": coverage(*shown, true), "mean_width": float(np.mean(shown[1] - shown[0]))}
     metrics = {
         "examples": len(table),
         "model": scores(expected, true),
@@ -134,6 +164,7 @@ def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | 
         "prediction_std": float(np.std(expected)),
         "true_std": float(np.std(true)),
         "warning": collapse_warning(expected, true),
+        **intervals,
         "baselines_from": train_data or f"{data} itself (no --train-data given: the means are optimistic, the "
                                         "linear regressor is cross-fitted over groups)",
     }
@@ -141,19 +172,27 @@ def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | 
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "predictions.csv", index=False)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _scatter(true, expected, metrics, out / "predicted_vs_true.png")
+    _scatter(true, expected, shown, metrics, out / "predicted_vs_true.png")
     return metrics
 
 
-def _scatter(true: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path) -> None:
+def _scatter(true: np.ndarray, predicted: np.ndarray, interval: tuple[np.ndarray, np.ndarray], metrics: dict,
+             path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(true, predicted, s=12, alpha=0.6)
-    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(true)) * max(1.0, float(np.ptp(true)) / 20)
+    calibrated = "calibrated" in metrics
+    share = metrics["calibrated"]["coverage"] if calibrated else metrics["interval_coverage"]
+    ax.errorbar(true + jitter, predicted, yerr=np.maximum(0, [predicted - interval[0], interval[1] - predicted]), fmt="o",
+                markersize=3, alpha=0.5, elinewidth=0.6,
+                label=f"{'calibrated ' if calibrated else ''}{metrics['interval_nominal']:.0%} intervals "
+                      f"({share:.0%} hold the truth)")
+    low = float(min(true.min(), interval[0].min()))
+    high = float(max(true.max(), interval[1].max()))
     ax.plot([low, high], [low, high], color="grey", linewidth=1, label="perfect prediction")
     model, base = metrics["model"], metrics["baseline_training_mean"]
     ax.set_xlabel("true time between cells")
