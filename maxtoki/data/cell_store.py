@@ -25,8 +25,10 @@ class CellStore:
     def __init__(self, location: str, cache_dir: str | None = None):
         self.location = str(location).rstrip("/")
         self.remote = storage.is_remote(self.location)
-        # local shards are read where they are; remote ones are downloaded into the cache on first use
-        self.root = (cache_dir or tempfile.mkdtemp(prefix="maxtoki-cells-")) if self.remote else self.location
+        # local shards are read where they are; remote ones are downloaded into the cache on first use (without
+        # one given, a temporary directory that goes with this object)
+        self._scratch = tempfile.TemporaryDirectory(prefix="maxtoki-cells-") if self.remote and not cache_dir else None
+        self.root = (cache_dir or self._scratch.name) if self.remote else self.location
         index = json.loads(self._read_small(INDEX_NAME))
         self._shards = index["shards"]
         if not self._shards:

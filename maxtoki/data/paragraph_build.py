@@ -104,7 +104,8 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
 
     Without ``vocab_path`` the vocabulary named in the cells' manifest is used.
     """
-    cache_dir = tempfile.mkdtemp(prefix="maxtoki-cells-")
+    cache = tempfile.TemporaryDirectory(prefix="maxtoki-cells-")  # remote cells' shards; removed on return
+    cache_dir = cache.name
     store = CellStore(cells, cache_dir)
     if vocab_path is None:
         vocab, vocab_path = store.vocabulary(), f"{cells}/{VOCAB_FILE}"
