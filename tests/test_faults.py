@@ -159,6 +159,15 @@ def started(marker: bytes) -> str:
     return f"started {marker['started']} on {marker['host']}"
 
 
+def tokenized_on_s3(simulated, prefix: str) -> str:
+    """The simulated cells tokenized to 256 tokens at ``s3://BUCKET/prefix``."""
+    cells = f"s3://{BUCKET}/{prefix}"
+    cli("data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
+        simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", cells,
+        "--model-input-size", 256)
+    return cells
+
+
 @pytest.mark.s3
 def test_killed_tokenize_to_s3_reruns_to_the_same_output(simulated, s3_env, tmp_path):
     argv = ["data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
@@ -175,10 +184,7 @@ def test_killed_tokenize_to_s3_reruns_to_the_same_output(simulated, s3_env, tmp_
 
 @pytest.mark.s3
 def test_killed_paragraphs_to_s3_reruns_to_the_same_output(simulated, s3_env):
-    cells = f"s3://{BUCKET}/faults/paragraph-cells"
-    cli("data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
-        simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", cells,
-        "--model-input-size", 256)
+    cells = tokenized_on_s3(simulated, "faults/paragraph-cells")
     argv = ["data", "paragraphs", cells, "--num-examples", 6000, "--seed", 5, "--time-scale", 0.1]
     cli(*argv, "--out", f"s3://{BUCKET}/faults/whole-paragraphs")
     left = kill_while_uploading(argv, "faults/paragraphs", "part-00001/shard.00000.mds", s3_env)
@@ -190,10 +196,7 @@ def test_killed_paragraphs_to_s3_reruns_to_the_same_output(simulated, s3_env):
 
 @pytest.mark.s3
 def test_killed_split_paragraphs_to_s3_rerun_to_the_same_output(simulated, s3_env):
-    cells = f"s3://{BUCKET}/faults/split-cells"
-    cli("data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
-        simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", cells,
-        "--model-input-size", 256)
+    cells = tokenized_on_s3(simulated, "faults/split-cells")
     argv = ["data", "paragraphs", cells, *SPLIT]
     cli(*argv, "--out", f"s3://{BUCKET}/faults/whole-splits")
     left = kill_while_uploading(argv, "faults/splits", "test/part-00000/shard.00000.mds", s3_env)
