@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from maxtoki.data.loaders import PadCollator
-from maxtoki.data.packing import PackingCollator, first_fit_decreasing, packed_batch
+from maxtoki.data.packing import PackingCollator, first_fit_decreasing, packed_batch, real_token_share
 from maxtoki.model.packed_attention import attention_inputs
 from maxtoki.vocab import Vocabulary
 
@@ -85,16 +85,6 @@ def pbmc_cells(tmp_path_factory, pbmc_path):
                   "--gene-id-column", "ensembl_id", "--out", root / "cells", "--model-input-size", 4096]):
         assert main([str(a) for a in argv]) == 0
     return root
-
-
-def real_token_share(loader) -> tuple[float, int]:
-    real = total = cells = 0
-    for batch in loader:
-        real += int(batch["attention_mask"].sum())
-        total += batch["attention_mask"].numel()
-        cells += int((batch["sequence_id"].max(dim=1).values + 1).sum()) if "sequence_id" in batch \
-            else len(batch["input_ids"])
-    return real / total, cells
 
 
 def test_packed_batches_are_at_least_95_percent_real_tokens_on_pbmc3k(pbmc_cells):

@@ -84,3 +84,15 @@ class PackingCollator:
         self.cells_dropped += sum(len(row) for row in kept[limit:])
         self._leftover = [[cells[i] for i in row] for row in kept[:limit]]
         return packed_batch(cells, rows[:self.rows], self.pad_id)
+
+
+def real_token_share(batches) -> tuple[float, int]:
+    """Share of the tokens of ``batches`` that are not padding, and how many cells they hold: what packing
+    is for, measured on a loader."""
+    real = total = cells = 0
+    for batch in batches:
+        real += int(batch["attention_mask"].sum())
+        total += batch["attention_mask"].numel()
+        cells += int((batch["sequence_id"].max(dim=1).values + 1).sum()) if "sequence_id" in batch \
+            else len(batch["input_ids"])
+    return real / total, cells
