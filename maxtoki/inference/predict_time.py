@@ -2,9 +2,9 @@
 
 The softmax at ``<eoq>``, renormalized over the numeric tokens, gives the expected time (in time
 units), its arg-max token and an interval (the central 80% of that distribution by default, checked
-for coverage and optionally calibrated on held-out prompts). Results are scored against the truth and against three baselines
-that need no model: the training-mean Δ, the per-group mean Δ, and a linear regressor on the
-cells' expression (``linear_baseline``), as in the paper.
+for coverage and optionally calibrated on held-out prompts). Results are scored against the truth
+and against three baselines that need no model: the training-mean Δ, the per-group mean Δ, and a
+linear regressor on the cells' expression (``linear_baseline``), as in the paper.
 """
 
 from __future__ import annotations
@@ -148,11 +148,13 @@ def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | 
                                   np.array([float(e["timelapse"]) for e in calibration]), interval)
         if not np.isfinite(margin):
             raise MaxtokiError(f"{calibration_data}: {len(calibration)} TimeBetweenCells prompts are too few to "
-                               f"calibrate {interval:.0%} intervals; give at least {math.ceil(interval / (1 - interval))}")
+                               f"calibrate {interval:.0%} intervals; give at least "
+                               f"{math.ceil(interval / (1 - interval))}")
         shown = (readout.low - margin, readout.high + margin)
         table["calibrated_low"], table["calibrated_high"] = shown
         intervals["calibrated"] = {"from": calibration_data, "prompts": len(calibration), "margin": margin,
-                                   "coverage": coverage(*shown, true), "mean_width": float(np.mean(shown[1] - shown[0]))}
+                                   "coverage": coverage(*shown, true),
+                                   "mean_width": float(np.mean(shown[1] - shown[0]))}
     metrics = {
         "examples": len(table),
         "model": scores(expected, true),
@@ -187,7 +189,8 @@ def _scatter(true: np.ndarray, predicted: np.ndarray, interval: tuple[np.ndarray
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(true)) * max(1.0, float(np.ptp(true)) / 20)
     calibrated = "calibrated" in metrics
     share = metrics["calibrated"]["coverage"] if calibrated else metrics["interval_coverage"]
-    ax.errorbar(true + jitter, predicted, yerr=np.maximum(0, [predicted - interval[0], interval[1] - predicted]), fmt="o",
+    bars = np.maximum(0, [predicted - interval[0], interval[1] - predicted])
+    ax.errorbar(true + jitter, predicted, yerr=bars, fmt="o",
                 markersize=3, alpha=0.5, elinewidth=0.6,
                 label=f"{'calibrated ' if calibrated else ''}{metrics['interval_nominal']:.0%} intervals "
                       f"({share:.0%} hold the truth)")
