@@ -177,7 +177,7 @@ def _obs(simulated) -> pd.DataFrame:
 
 
 def test_the_linear_baseline_reads_time_off_expression_fitted_or_cross_fitted_over_groups(tiny_vocab):
-    from maxtoki.inference.linear_baseline import features, linear_baseline
+    from maxtoki.inference.linear_baseline import cell_disjoint_folds, features, linear_baseline
 
     v, genes = tiny_vocab, [int(i) for i in tiny_vocab.gene_ids]
     rng = np.random.default_rng(0)
@@ -200,3 +200,14 @@ def test_the_linear_baseline_reads_time_off_expression_fitted_or_cross_fitted_ov
     assert np.corrcoef(predicted, truth)[0, 1] > 0.95
     predicted, how = linear_baseline(examples[:40], v, training=examples[40:])
     assert how == "fitted on the training paragraphs" and np.abs(predicted - truth[:40]).mean() < 0.5
+    # one group whose examples share cells: no regressor is fitted on an example sharing a cell with one it scores
+    single = [{**e, "group": "all", "cell_indices": rng.choice(240, 2, replace=False)} for e in examples]
+    predicted, how = linear_baseline(single, v)
+    assert how.startswith("cross-fitted over 20 folds of examples (one group only), never on an example sharing")
+    assert np.corrcoef(predicted, truth)[0, 1] > 0.95
+    cells = [set(e["cell_indices"].tolist()) for e in single]
+    folds = list(cell_disjoint_folds(cells, 20))
+    assert sorted(np.concatenate([test for _, test in folds]).tolist()) == list(range(len(single)))
+    for train, test in folds:
+        assert all(cells[i].isdisjoint(cells[j]) for i in train for j in test)
+        assert len(train) > len(single) / 2

@@ -4,13 +4,16 @@ on the expression of the last context cell and of the query cell.
 Expression is what the model sees, the rank-value encoding: a gene at rank r of a cell with n genes
 scores 1 - r/n, an absent gene 0. Fitted on the training paragraphs; without them, on the evaluation
 examples themselves by cross-fitting over groups (each example is predicted by a regressor that
-never saw its group), so the baseline is always scored on examples it was not fitted on.
+never saw its group) or, with one group, over examples such that no regressor is fitted on an
+example sharing a cell with one it scores; so the baseline is always scored on cells it was not
+fitted on.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import Vocabulary
 
 
@@ -72,10 +75,30 @@ def linear_baseline(evaluation: list[dict], vocab: Vocabulary, training: list[di
     if n_groups >= 2:
         splits = GroupKFold(min(folds, n_groups)).split(x, y, groups)
         how = f"cross-fitted over {min(folds, n_groups)} folds of groups"
+    elif all("cell_indices" in e for e in evaluation):
+        count = min(CELL_DISJOINT_FOLDS, len(y))
+        splits = cell_disjoint_folds([set(np.asarray(e["cell_indices"]).tolist()) for e in evaluation], count, seed)
+        how = (f"cross-fitted over {count} folds of examples (one group only), never on an example sharing a cell "
+               "with one it scores")
     else:
         splits = KFold(min(folds, len(y)), shuffle=True, random_state=seed).split(x, y)
-        how = f"cross-fitted over {min(folds, len(y))} folds of examples (one group only)"
+        how = f"cross-fitted over {min(folds, len(y))} folds of examples (one group only; they may share cells)"
     predicted = np.empty(len(y))
     for train_rows, test_rows in splits:
+        if len(train_rows) < 2:
+            raise MaxtokiError("the evaluation examples share cells so much that the linear baseline has nothing "
+                               "to be fitted on; give --train-data")
         predicted[test_rows] = _fit_predict(x[train_rows], y[train_rows], x[test_rows], seed)
     return predicted, how
+
+
+CELL_DISJOINT_FOLDS = 20  # small folds: the examples sharing no cell with a fold stay most of the others
+
+
+def cell_disjoint_folds(cells: list[set], folds: int, seed: int = 0):
+    """(training rows, test rows) of each fold: the training rows share no cell with any test row."""
+    rows = np.random.default_rng(seed).permutation(len(cells))
+    for test_rows in np.array_split(rows, folds):
+        used = set().union(*(cells[i] for i in test_rows))
+        train_rows = np.array([i for i in range(len(cells)) if cells[i].isdisjoint(used)], dtype=np.int64)
+        yield train_rows, np.sort(test_rows)

@@ -168,7 +168,7 @@ def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | 
         "warning": collapse_warning(expected, true),
         **intervals,
         "baselines_from": train_data or f"{data} itself (no --train-data given: the means are optimistic, the "
-                                        "linear regressor is cross-fitted over groups)",
+                                        "linear regressor is cross-fitted: baseline_linear_fit)",
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
