@@ -211,3 +211,6 @@ def test_the_linear_baseline_reads_time_off_expression_fitted_or_cross_fitted_ov
     for train, test in folds:
         assert all(cells[i].isdisjoint(cells[j]) for i in train for j in test)
         assert len(train) > len(single) / 2
+    # examples that all share cells leave nothing to fit on without them: the old folds, and the output says so
+    crowded = [{**e, "cell_indices": np.array([0, i])} for i, e in enumerate(single[:30])]
+    assert "they may share cells: too few examples share no cell" in linear_baseline(crowded, v)[1]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import Vocabulary
 
 
@@ -75,19 +74,20 @@ def linear_baseline(evaluation: list[dict], vocab: Vocabulary, training: list[di
     if n_groups >= 2:
         splits = GroupKFold(min(folds, n_groups)).split(x, y, groups)
         how = f"cross-fitted over {min(folds, n_groups)} folds of groups"
-    elif all("cell_indices" in e for e in evaluation):
+    else:
         count = min(CELL_DISJOINT_FOLDS, len(y))
-        splits = cell_disjoint_folds([set(np.asarray(e["cell_indices"]).tolist()) for e in evaluation], count, seed)
+        cells = [set(np.asarray(e["cell_indices"]).tolist()) for e in evaluation] \
+            if all("cell_indices" in e for e in evaluation) else None
+        splits = list(cell_disjoint_folds(cells, count, seed)) if cells else []
         how = (f"cross-fitted over {count} folds of examples (one group only), never on an example sharing a cell "
                "with one it scores")
-    else:
-        splits = KFold(min(folds, len(y)), shuffle=True, random_state=seed).split(x, y)
-        how = f"cross-fitted over {min(folds, len(y))} folds of examples (one group only; they may share cells)"
+        if not splits or min(len(train_rows) for train_rows, _ in splits) < 2:
+            splits = KFold(min(folds, len(y)), shuffle=True, random_state=seed).split(x, y)
+            why = "too few examples share no cell with the others" if cells else "the data does not name its cells"
+            how = (f"cross-fitted over {min(folds, len(y))} folds of examples (one group only; they may share cells: "
+                   f"{why}; give --train-data)")
     predicted = np.empty(len(y))
     for train_rows, test_rows in splits:
-        if len(train_rows) < 2:
-            raise MaxtokiError("the evaluation examples share cells so much that the linear baseline has nothing "
-                               "to be fitted on; give --train-data")
         predicted[test_rows] = _fit_predict(x[train_rows], y[train_rows], x[test_rows], seed)
     return predicted, how
 
