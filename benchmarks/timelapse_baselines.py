@@ -1,7 +1,8 @@
-"""TimeBetweenCells: the model next to its baselines (training-mean Δ, per-group mean Δ, linear regressor),
-on held-out cells of the bundled HSMM time course (the demo's model) and on held-out simulated donors.
+"""TimeBetweenCells: the model next to its baselines (training-mean Δ, the paper's naive baseline: the most
+common time of the query cell's kind, linear regressor), on held-out cells of the bundled HSMM time course (the
+demo's model) and on held-out simulated donors, there also per donor.
 
-    ../.venv/bin/python timelapse_baselines.py          # after `bash scripts/demo.sh` (from the repository root)
+    ../.venv/bin/python timelapse_baselines.py [DEMO_OUTPUT]   # after `bash scripts/demo.sh` (default ../demo-output)
 
 The simulated case trains the widened tiny model of tests/test_learning.py (about 2 minutes on 2 cores).
 """
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from maxtoki.cli import main as cli
+from maxtoki.pipeline import scores_table
 from maxtoki.training import train_from_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +34,7 @@ def simulated(work: Path) -> Path:
     run("data", "medians", work / "sim.h5ad", "--out", work / "m.json")
     run("data", "vocab", "--medians", work / "m.json", "--out", work / "v.json", "--max-time", 100)
     run("data", "tokenize", work / "sim.h5ad", "--vocab", work / "v.json", "--medians", work / "m.json", "--out",
-        work / "cells", "--time-column", "age", "--group-columns", "donor", "--keep-obs", "condition",
+        work / "cells", "--time-column", "age", "--group-columns", "donor", "--keep-obs", "condition", "cell_type",
         "--model-input-size", 64)
     run("data", "paragraphs", work / "cells", "--out", work / "p", "--num-examples", 8000, *years)
     run("data", "paragraphs", work / "cells", "--out", work / "eval", "--num-examples", 2000, "--eval",
@@ -46,25 +48,20 @@ def simulated(work: Path) -> Path:
         "device_train_microbatch_size=16", "optimizer.lr=0.001", "scheduler.t_warmup=20ba",
         f"save_folder={work / 'run'}", "save_interval=600ba", "console_log_interval=1000ba", "loggers={}"])
     run("predict", "time", "--checkpoint", work / "run/latest-rank0.pt", "--data", work / "eval/val",
-        "--train-data", work / "p/train", "--out", work / "predictions")
+        "--train-data", work / "p/train", "--baseline-columns", "cell_type", "--out", work / "predictions")
     return work / "predictions/metrics.json"
 
 
-def main() -> None:
+def main(demo: Path) -> None:
     results = {}
-    if (DEMO / "runs/temporal/latest-rank0.pt").exists():
-        run("predict", "time", "--checkpoint", DEMO / "runs/temporal/latest-rank0.pt", "--data", DEMO / "eval/holdout",
-            "--train-data", DEMO / "paragraphs/train", "--out", DEMO / "predictions")
-        results["HSMM, held-out cells (hours)"] = json.loads((DEMO / "predictions/metrics.json").read_text())
+    if (demo / "predictions/metrics.json").exists():
+        results["HSMM, held-out cells (hours)"] = json.loads((demo / "predictions/metrics.json").read_text())
     else:
         print("no demo model: run `bash scripts/demo.sh` first for the HSMM row")
     results["simulated, held-out donors (years)"] = json.loads(simulated(Path(tempfile.mkdtemp())).read_text())
     for name, metrics in results.items():
-        print(f"\n{name}, {metrics['examples']} prompts: median |error|, MAE, Pearson r")
-        for key in ("model", "baseline_training_mean", "baseline_group_mean", "baseline_linear"):
-            row = metrics[key]
-            print(f"  {key:<24}{row['median_absolute_error']:>8.2f}{row['mae']:>8.2f}{row['pearson_r']:>8.3f}")
+        print(f"\n{name}\n{scores_table(metrics)}")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEMO)

@@ -91,17 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict_time.add_argument("--calibration-data", metavar="DIR",
                               help="evaluation paragraphs of other held-out cells (e.g. a validation split): the "
                                    "intervals are calibrated on them to hold the truth P of the time")
+    predict_time.add_argument("--baseline-columns", nargs="+", default=[], metavar="COL",
+                              help="cell columns that make a cell's kind for the naive baseline (the most common "
+                                   "time of training cells of the query's kind), e.g. cell_type sex")
+    predict_time.add_argument("--donor-column", metavar="COL",
+                              help="cell column naming each cell's donor, for scores per donor (default: the "
+                                   "paragraphs' groups, when they were grouped by columns)")
     predict_time.set_defaults(handler=_run_predict_time)
 
     generate = commands.add_parser("generate", help="NextCell: generate the cell expected after a time")
     _add_model_options(generate, "evaluation paragraphs with NextCell prompts (--eval)",
-                       "output directory (tokens.jsonl, generated_cells.h5ad)", 8)
+                       "output directory (tokens.jsonl, generated_cells.h5ad, evaluation.json and .png)", 8)
     generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--top-k", type=int, default=0)
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--max-new-tokens", type=int, default=4096)
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--cells", metavar="DIR",
+                          help="the paragraphs' cell shards, to judge the generated cells against (default: the "
+                               "cells their manifest names; skipped with a note when those are not readable)")
+    generate.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                          help="only generate: do not judge the generated cells against the real cells")
     generate.set_defaults(handler=_run_generate)
 
     embed = commands.add_parser("embed", help="one vector per cell -> obsm['X_maxtoki'] of an .h5ad")
@@ -147,12 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     acceleration.add_argument("--age-tolerance", type=float, default=0.0, metavar="T",
                               help="largest |age difference| of a case cell and its control (time-column units)")
     acceleration.add_argument("--pairs", type=int, default=400, help="case/control pairs (default 400)")
-    acceleration.add_argument("--bootstrap", type=int, default=1000, help="resamples of case donors (default 1000)")
+    acceleration.add_argument("--bootstrap", type=int, default=1000,
+                              help="crossed resamples of case and control donors (default 1000)")
     acceleration.add_argument("--confidence", type=_share, default=0.95)
+    acceleration.add_argument("--train-data", nargs="+", default=[], metavar="DIR",
+                              help="the paragraphs the model was trained on (e.g. paragraphs/train): control "
+                                   "queries then come only from control donors the model did not train on "
+                                   "(default: unknown, and the output says so)")
     acceleration.set_defaults(handler=_run_age_acceleration)
     perturbation = analyze_commands.add_parser(
         "perturb", help="delete or overexpress genes in query cells; rank genes by the shift of predicted time")
-    _add_analysis_options(perturbation, "output directory (effects.csv, shifts.csv, perturb.json, perturb.png)")
+    _add_analysis_options(perturbation,
+                          "output directory (effects.csv, shifts.csv, contexts.csv, perturb.json, perturb.png)")
     genes = perturbation.add_mutually_exclusive_group()
     genes.add_argument("--genes", nargs="+", default=[], metavar="GENE", help="Ensembl IDs to perturb")
     genes.add_argument("--top-genes", type=int, default=100, metavar="N",
@@ -160,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     perturbation.add_argument("--modes", nargs="+", default=["delete", "overexpress"],
                               choices=["delete", "overexpress"])
     perturbation.add_argument("--query-cells", type=int, default=100, metavar="N", help="cells to perturb")
+    perturbation.add_argument("--contexts-per-cell", type=int, default=1, metavar="N",
+                              help="read every cell after N contexts from distinct donors and average the shifts "
+                                   "(default 1)")
     perturbation.add_argument("--query-where", nargs="+", default=[], metavar="COL=VALUE",
                               help="perturb only cells with these values (e.g. condition=control)")
     perturbation.add_argument("--context-where", nargs="+", default=[], metavar="COL=VALUE",
@@ -185,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hold out this share of the cells of every time point (default 0.2)")
     held.add_argument("--holdout-groups", nargs="+", default=[], metavar="GROUP", help="hold out these donors")
     held.add_argument("--split", metavar="SPEC", help="deal whole donors, e.g. train=0.8,test=0.2; scores on test")
+    pipeline.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
+                          help="deal this share of the other cells apart, to calibrate the intervals on (default "
+                               "0.1; 0: raw intervals; with --split, a second evaluation split serves)")
+    pipeline.add_argument("--baseline-columns", nargs="+", default=[], metavar="COL",
+                          help="obs columns that make a cell's kind for the naive baseline (the most common time "
+                               "of training cells of that kind), e.g. cell_type sex")
     pipeline.add_argument("--seed", type=int, default=0)
     pipeline.add_argument("--cell-length", type=int, default=256, metavar="N",
                           help="tokens per cell: its N-2 top-ranked genes (default 256; longer cells see more "
@@ -263,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="hold out every cell with this value (e.g. an unseen cell type)")
     paragraphs.add_argument("--holdout-fraction", type=float, default=0.0, metavar="F",
                             help="hold out this share of the cells of every group and time (one time course)")
+    paragraphs.add_argument("--validation-fraction", type=float, default=0.0, metavar="F",
+                            help="deal this share of the cells of every group and time that are not held out into "
+                                 "a validation split (to calibrate predict time's intervals on)")
     paragraphs.add_argument("--blueprint", metavar="NPZ", help="rebuild exactly from a saved blueprint")
     paragraphs.add_argument("--workers", type=int, default=1, metavar="N")
     paragraphs.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -438,7 +467,8 @@ def _run_paragraphs(args) -> None:
                                  holdout_groups=tuple(args.holdout_groups),
                                  holdout_values=tuple(parse_holdout_values(args.holdout_values)),
                                  holdout_fraction=args.holdout_fraction,
-                                 blueprint_path=args.blueprint, workers=args.workers, overwrite=args.overwrite)
+                                 validation_fraction=args.validation_fraction, blueprint_path=args.blueprint,
+                                 workers=args.workers, overwrite=args.overwrite)
     for name, manifest in manifests.items():
         where = args.out if name == "all" else f"{args.out.rstrip('/')}/{name}"
         counts = manifest["counts"]
@@ -485,7 +515,8 @@ def _run_pipeline(args) -> None:
                               args.gene_mapping, args.layer, args.use_raw, args.allow_non_integer,
                               args.min_expression, args.chunk_size, args.cell_length, args.model_size, args.examples,
                               pretrain_batches=args.pretrain_batches, temporal_batches=args.temporal_batches,
-                              overrides=tuple(args.overrides))
+                              overrides=tuple(args.overrides), validation_fraction=args.validation_fraction,
+                              baseline_columns=tuple(args.baseline_columns))
     metrics = run_pipeline(args.data, args.out, options, log=lambda line: print(line, flush=True))
     print()
     print(scores_table(metrics, f"{args.time_column} x {args.time_scale:g}" if args.time_scale != 1 else
@@ -496,32 +527,44 @@ def _run_pipeline(args) -> None:
 
 def _run_predict_time(args) -> None:
     from maxtoki.inference.predict_time import predict_time
+    from maxtoki.pipeline import scores_table
 
     metrics = predict_time(args.checkpoint, args.data, args.out, args.train_data, args.batch_size, args.device,
-                           args.interval, args.calibration_data)
-    print(f"{metrics['examples']} TimeBetweenCells prompts        median |error|      MAE  Pearson r")
-    for label, key in (("model (expected value)", "model"), ("baseline: training-mean Δ", "baseline_training_mean"),
-                       ("baseline: per-group mean Δ", "baseline_group_mean"),
-                       ("baseline: linear regressor", "baseline_linear")):
-        row = metrics[key]
-        pearson = "-" if row["pearson_r"] != row["pearson_r"] else f"{row['pearson_r']:.3f}"  # NaN: constant
-        print(f"  {label:<36}{row['median_absolute_error']:>10.2f}{row['mae']:>9.2f}{pearson:>11}")
-    print(f"{metrics['interval_nominal']:.0%} intervals hold the true time for {metrics['interval_coverage']:.0%} of "
-          f"the prompts (mean width {metrics['interval_mean_width']:.1f})" + (
-              f"; calibrated on {metrics['calibrated']['prompts']} prompts: {metrics['calibrated']['coverage']:.0%} "
-              f"(mean width {metrics['calibrated']['mean_width']:.1f})" if "calibrated" in metrics else ""))
+                           args.interval, args.calibration_data, tuple(args.baseline_columns), args.donor_column)
+    print(scores_table(metrics))
     print(f"(linear regressor {metrics['baseline_linear_fit']}); predictions.csv, metrics.json and "
           f"predicted_vs_true.png in {args.out}")
-    if metrics["warning"]:
-        print(f"maxtoki: warning: {metrics['warning']}", file=sys.stderr)
 
 
 def _run_generate(args) -> None:
     from maxtoki.inference.generate import Sampling, generate
 
     sampling = Sampling(not args.sample, args.temperature, args.top_k, args.top_p, args.max_new_tokens, args.seed)
-    count = generate(args.checkpoint, args.data, args.out, sampling, args.batch_size, args.device)
-    print(f"generated {count} cells -> {args.out}/tokens.jsonl and {args.out}/generated_cells.h5ad")
+    result = generate(args.checkpoint, args.data, args.out, sampling, args.batch_size, args.device,
+                      evaluate=args.evaluate, cells=args.cells)
+    print(f"generated {result['cells']} cells -> {args.out}/tokens.jsonl and {args.out}/generated_cells.h5ad")
+    summary = result["evaluation"]
+    if summary is None:
+        if args.evaluate:
+            print(f"maxtoki: note: generated cells not judged: {result['not_evaluated']}", file=sys.stderr)
+        return
+    times = ", ".join(summary["reference_times"])
+    print(f"Time of the generated cells, read from the {summary['neighbours']} nearest of "
+          f"{summary['reference_cells']} real held-out cells (times {times}):")
+    print(f"  {'':<36}{'accuracy':>9}{'MAE':>9}")
+    for label, key in (("generated cell", "generated"), ("baseline: copy last context cell", "copy_last_context_cell"),
+                       ("ceiling: real response cell", "real_response_cell")):
+        print(f"  {label:<36}{summary['time'][key]['accuracy']:>9.2f}{summary['time'][key]['mae']:>9.1f}")
+    print(f"  (chance: always the most common time, accuracy {summary['chance_accuracy']:.2f})")
+    nearest, genes = summary["nearest_real_similarity"], summary["genes_per_cell"]
+    print(f"Similarity to the nearest real cell (median; genes per cell): generated {nearest['generated']:.2f} "
+          f"({genes['generated']:.0f}), copied context cell {nearest['copy_last_context_cell']:.2f}, real response "
+          f"cell {nearest['real_response_cell']:.2f} ({genes['real_response_cell']:.0f})")
+    singlets = summary["singlets"]
+    print(f"Single cells, not averages: {singlets['generated']:.0%} of generated cells are classified as singlets "
+          f"(controls: {singlets['real_held_out_cells']:.0%} of real held-out cells, "
+          f"{singlets['simulated_doublets']:.0%} of simulated doublets)")
+    print(f"evaluation.json and evaluation.png in {args.out}")
 
 
 def _run_embed(args) -> None:
@@ -556,16 +599,26 @@ def _analysis_inputs(args, columns: list[str]):
 def _run_age_acceleration(args) -> None:
     from maxtoki.analysis.age_acceleration import AccelerationOptions, age_acceleration
 
+    from maxtoki.analysis.trained_donors import trained_donors
+
     model, cells, context = _analysis_inputs(args, [args.condition_column])
     options = AccelerationOptions(args.condition_column, args.case, args.control, args.age_tolerance, args.pairs,
                                   args.bootstrap, args.confidence, args.seed)
-    summary = age_acceleration(model, cells, args.out, context, options, args.batch_size, args.device)
+    trained = trained_donors(args.train_data, args.donor_column, cells) if args.train_data else None
+    summary = age_acceleration(model, cells, args.out, context, options, args.batch_size, args.device, trained)
     low, high = summary["calibrated_interval"]
     raw_low, raw_high = summary["acceleration_interval"]
+    if trained is None:
+        seen = "whether the model trained on them is unknown (give --train-data)"
+    else:
+        seen = (f"{summary['control_donors_trained']} of them trained on; "
+                f"{summary['control_donors_left_out_as_trained']} trained control donors left out")
     print(f"{args.case} vs age-matched {args.control} ({summary['pairs']} pairs, {summary['case_donors']} case "
-          f"donors): age acceleration {summary['calibrated']:+.2f} time units calibrated "
-          f"[{low:+.2f}, {high:+.2f}], {summary['acceleration']:+.2f} raw [{raw_low:+.2f}, {raw_high:+.2f}] "
-          f"({args.confidence:.0%} intervals); acceleration.json, pairs.csv and acceleration.png in {args.out}")
+          f"donors, control queries from {summary['control_donors']} donors, {seen}): age acceleration "
+          f"{summary['calibrated']:+.2f} time units calibrated [{low:+.2f}, {high:+.2f}], "
+          f"{summary['acceleration']:+.2f} raw [{raw_low:+.2f}, {raw_high:+.2f}] ({args.confidence:.0%} intervals, "
+          f"crossed bootstrap over case and control donors); acceleration.json, pairs.csv and acceleration.png in "
+          f"{args.out}")
 
 
 def _run_perturb(args) -> None:
@@ -575,7 +628,8 @@ def _run_perturb(args) -> None:
     query_where, context_where = parse_holdout_values(args.query_where), parse_holdout_values(args.context_where)
     model, cells, context = _analysis_inputs(args, [c for c, _ in [*query_where, *context_where]])
     options = PerturbOptions(tuple(args.genes), args.top_genes, tuple(args.modes), args.query_cells,
-                             tuple(query_where), tuple(context_where), args.next_cell, args.seed)
+                             tuple(query_where), tuple(context_where), args.next_cell, args.seed,
+                             contexts_per_cell=args.contexts_per_cell)
     effects = perturb(model, cells, args.out, context, options, args.batch_size, args.device)
     top = effects.iloc[0]
     print(f"{effects['gene'].nunique()} genes x {len(options.modes)} perturbations; strongest: {top['mode']} "

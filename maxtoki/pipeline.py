@@ -54,10 +54,15 @@ class PipelineOptions:
     pretrain_batches: int = 200
     temporal_batches: int = 1000
     overrides: tuple[str, ...] = field(default=())  # extra key=value for both recipes
+    # evaluation
+    validation_fraction: float = 0.1  # cells apart from training and scoring, to calibrate the intervals on
+    baseline_columns: tuple[str, ...] = ()  # a cell's kind for the naive baseline, e.g. cell_type sex
 
     def __post_init__(self):
         if self.holdout_fraction is not None and not 0 < self.holdout_fraction < 1:
             raise MaxtokiError(f"--holdout-fraction {self.holdout_fraction:g}: give a fraction between 0 and 1")
+        if not 0 <= self.validation_fraction < 1:
+            raise MaxtokiError(f"--validation-fraction {self.validation_fraction:g}: give a fraction in [0, 1)")
         if self.cell_length < 16:
             raise MaxtokiError("--cell-length must be at least 16 tokens")
         if min(self.pretrain_batches, self.temporal_batches, self.examples) < 1:
@@ -81,7 +86,8 @@ def read_time_course(data: str | Path, options: PipelineOptions) -> TimeCourse:
     from maxtoki.data.sources import ReadOptions, open_source
 
     with open_source(data, ReadOptions(options.gene_id_column, options.layer, options.use_raw)) as source:
-        source.require_obs_columns([options.time_column, *options.group_columns], "time or group")
+        source.require_obs_columns([options.time_column, *options.group_columns, *options.baseline_columns],
+                                   "time, group or baseline")
         times = source.numeric_obs(options.time_column, 0, source.n_cells)
     from maxtoki.data.paragraphs import to_time_units
 
@@ -123,15 +129,17 @@ def read_out_scale(course: TimeCourse) -> float:
     return float(max(np.std(course.times), 1.0))
 
 
-def _evaluation_split(options: PipelineOptions) -> str:
-    if options.split and not (options.holdout_groups or options.holdout_fraction):
-        from maxtoki.data.splits import parse_split
+def _evaluation_splits(options: PipelineOptions) -> tuple[str, str | None]:
+    """The split that scores the model, and the one its intervals are calibrated on (None: none)."""
+    from maxtoki.data.splits import HOLDOUT, VALIDATION, parse_split
 
+    if options.split and not (options.holdout_groups or options.holdout_fraction):
         names = [name for name in parse_split(options.split) if name != "train"]
         if not names:
             raise MaxtokiError(f"--split {options.split}: needs a split besides train to evaluate on")
-        return "test" if "test" in names else names[-1]
-    return "holdout"
+        scored = "test" if "test" in names else names[-1]
+        return scored, next((name for name in names if name != scored), None)
+    return HOLDOUT, VALIDATION if options.validation_fraction else None
 
 
 def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, log=print) -> dict:
@@ -148,7 +156,7 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
     out = Path(out)
     course = read_time_course(data, options)
     max_time, scale = time_token_range(course), read_out_scale(course)
-    evaluation = _evaluation_split(options)
+    evaluation, calibration = _evaluation_splits(options)
     fraction = options.holdout_fraction
     if fraction is None and not (options.holdout_groups or options.split):
         fraction = 0.2
@@ -163,7 +171,8 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
         raise MaxtokiError(f"{data}: no cell had any expressed gene; nothing to compute medians from")
     write_medians(medians, out / "medians.json")
 
-    tokenize = TokenizeOptions(read, options.time_column, tuple(options.group_columns), (), options.cell_length,
+    tokenize = TokenizeOptions(read, options.time_column, tuple(options.group_columns),
+                               tuple(options.baseline_columns), options.cell_length,
                                options.allow_non_integer, options.chunk_size, options.min_expression)
 
     def encode(genes) -> None:
@@ -184,10 +193,13 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
 
     held = (f"{fraction:.0%} of the cells of every time point" if fraction else
             f"donors {', '.join(options.holdout_groups)}" if options.holdout_groups else f"split {options.split}")
-    log(f"== 4/8 cell paragraphs (pairs of cells and the time between them); held out: {held}")
+    apart = (f"; another {options.validation_fraction:.0%} of the cells apart to calibrate on"
+             if calibration == "validation" else f"; split {calibration} to calibrate on" if calibration else "")
+    log(f"== 4/8 cell paragraphs (pairs of cells and the time between them); held out: {held}{apart}")
     max_seq_len = 2 * options.cell_length + 8
     split = dict(split=parse_split(options.split) if options.split else None,
                  holdout_groups=tuple(options.holdout_groups), holdout_fraction=fraction or 0.0,
+                 validation_fraction=options.validation_fraction if calibration == "validation" else 0.0,
                  workers=options.workers, overwrite=True)
     pairs = dict(seed=options.seed, min_timepoints=2, max_timepoints=2, max_seq_len=max_seq_len,
                  time_scale=options.time_scale)
@@ -197,16 +209,18 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
                      ParagraphOptions(num_examples=max(1000, options.examples // 4), task_ratio=1.0,
                                       eval_layout=True, **pairs), **split)
 
-    metrics = train_and_evaluate(out, options, evaluation, max_seq_len, scale, log)
+    metrics = train_and_evaluate(out, options, (evaluation, calibration), max_seq_len, scale, log)
     metrics["pipeline"] = {"seconds": round(time.monotonic() - start), "max_time": max_time, "label_scalar": scale,
                            "evaluated_on": f"{out / 'eval' / evaluation}"}
     (out / "predictions" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-def train_and_evaluate(out: Path, options: PipelineOptions, evaluation: str, max_seq_len: int, scale: float,
-                       log=print) -> dict:
-    """Stage 1, stage 2, predict time on the held-out prompts and export; returns the metrics."""
+def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, str | None], max_seq_len: int,
+                       scale: float, log=print) -> dict:
+    """Stage 1, stage 2, predict time on the held-out prompts (``splits``: the scored split, and the one to
+    calibrate the intervals on, which stage 2 also evaluates on) and export; returns the metrics."""
+    evaluation, calibration = splits
     from maxtoki.inference.export import export_hf
     from maxtoki.inference.predict_time import predict_time
     from maxtoki.training import train_from_recipe
@@ -229,7 +243,8 @@ def train_and_evaluate(out: Path, options: PipelineOptions, evaluation: str, max
     log(f"== 6/8 stage 2: TimeBetweenCells and NextCell from the stage-1 weights ({options.temporal_batches} "
         f"batches, read-out scale {scale:.3g})")
     train_from_recipe(str(RECIPES / "temporal/tiny-cpu.yaml"), [
-        f"variables.data={out / 'paragraphs' / 'train'}", f"variables.eval_data={out / 'paragraphs' / evaluation}",
+        f"variables.data={out / 'paragraphs' / 'train'}",
+        f"variables.eval_data={out / 'paragraphs' / (calibration or evaluation)}",
         f"variables.vocab={out / 'vocab.json'}", f"variables.pretrained={runs / 'pretrain' / 'latest-rank0.pt'}",
         f"save_folder={runs / 'temporal'}", f"max_seq_len={max_seq_len}",
         f"model.rope_scaling.original_max_position_embeddings={options.cell_length}",
@@ -240,35 +255,59 @@ def train_and_evaluate(out: Path, options: PipelineOptions, evaluation: str, max
     log("== 7/8 predicted time between held-out cells, with baselines")
     checkpoint = str(runs / "temporal" / "latest-rank0.pt")
     metrics = predict_time(checkpoint, str(out / "eval" / evaluation), out / "predictions",
-                           train_data=str(out / "paragraphs" / "train"))
+                           train_data=str(out / "paragraphs" / "train"),
+                           calibration_data=str(out / "eval" / calibration) if calibration else None,
+                           baseline_columns=tuple(options.baseline_columns))
 
     log("== 8/8 the model as a Hugging Face directory")
     export_hf(checkpoint, out / "hf-model", out / "vocab.json", options.time_column)
     return metrics
 
 
+SCORE_ROWS = [("model (expected value)", "model"), ("model (most likely token)", "model_argmax"),
+              ("baseline: training-mean Δ", "baseline_training_mean"),
+              ("baseline: most common time of kind", "baseline_most_common_time"),
+              ("baseline: linear regressor", "baseline_linear")]
+
+
+def _score_lines(rows: dict, keys: list[tuple[str, str]]) -> list[str]:
+    width = max(36, *(len(name) + 2 for name, _ in keys))
+    lines = [f"  {'':<{width}}{'MAE':>8}{'median |e|':>12}{'Pearson r':>10}"]
+    for name, key in keys:
+        score = rows[key]
+        pearson = "-" if score["pearson_r"] != score["pearson_r"] else f"{score['pearson_r']:.2f}"  # NaN: constant
+        lines.append(f"  {name:<{width}}{score['mae']:>8.1f}{score['median_absolute_error']:>12.1f}{pearson:>10}")
+    return lines
+
+
 def scores_table(metrics: dict, unit: str = "") -> str:
-    """The held-out scores of the model and its baselines, as the demo and the pipeline print them."""
-    rows = [("model (expected value)", "model"), ("model (most likely token)", "model_argmax"),
-            ("baseline: training-mean Δ", "baseline_training_mean"),
-            ("baseline: per-group mean Δ", "baseline_group_mean"),
-            ("baseline: linear regressor", "baseline_linear")]
+    """The held-out scores of the model and its baselines, as ``predict time``, the demo and the pipeline print
+    them: per prompt, the intervals' coverage, and per donor where donors exist."""
+    kinds = metrics["baseline_most_common_time_fit"]["columns"]
+    rows = [(name + (f" ({'+'.join(kinds)})" if key == "baseline_most_common_time" and kinds else ""), key)
+            for name, key in SCORE_ROWS]
     lines = [f"Time between two held-out cells, {metrics['examples']} prompts{f' ({unit})' if unit else ''}:",
-             "  {:<34}{:>8}{:>12}{:>10}".format("", "MAE", "median |e|", "Pearson r")]
-    for name, key in rows:
-        score = metrics[key]
-        pearson = "-" if score["pearson_r"] != score["pearson_r"] else f"{score['pearson_r']:.2f}"
-        lines.append("  {:<34}{:>8.1f}{:>12.1f}{:>10}".format(name, score["mae"], score["median_absolute_error"],
-                                                              pearson))
-    model, mean, linear = (metrics[k]["mae"] for k in ("model", "baseline_training_mean", "baseline_linear"))
-    verdict = ("beats both the training-mean baseline and the linear regressor" if model < min(mean, linear) else
-               "beats the training-mean baseline but not the linear regressor" if model < mean else
-               "does not beat the training-mean baseline: it has not learned to place cells in time")
-    lines.append(f"The model {verdict} (MAE {model:.1f} against {mean:.1f} and {linear:.1f}).")
-    if "interval_coverage" in metrics:
-        lines.append(f"Its {metrics['interval_nominal']:.0%} intervals hold the true time for "
-                     f"{metrics['interval_coverage']:.0%} of the prompts (mean width "
-                     f"{metrics['interval_mean_width']:.1f}).")
+             *_score_lines(metrics, rows)]
+    model = metrics["model"]["mae"]
+    baselines = {key: metrics[key]["mae"] for key in ("baseline_training_mean", "baseline_most_common_time",
+                                                       "baseline_linear")}
+    beaten = [name.removeprefix("baseline: ") for name, key in rows[2:] if model < baselines[key]]
+    unbeaten = [name.removeprefix("baseline: ") for name, key in rows[2:] if model >= baselines[key]]
+    verdict = ("beats every baseline" if not unbeaten else
+               f"beats the baselines {' and '.join(beaten)}, not {' and '.join(unbeaten)}" if beaten else
+               "does not beat any baseline: it has not learned to place cells in time")
+    lines.append(f"The model {verdict} (MAE {model:.1f}; the baselines' "
+                 f"{', '.join(f'{v:.1f}' for v in baselines.values())}).")
+    lines.append(f"Its {metrics['interval_nominal']:.0%} intervals hold the true time for "
+                 f"{metrics['interval_coverage']:.0%} of the prompts (mean width {metrics['interval_mean_width']:.1f})"
+                 + (f"; calibrated on {metrics['calibrated']['prompts']} other held-out prompts: "
+                    f"{metrics['calibrated']['coverage']:.0%} (mean width {metrics['calibrated']['mean_width']:.1f})"
+                    if "calibrated" in metrics else "") + ".")
+    if "per_donor" in metrics:
+        donors = metrics["per_donor"]
+        lines += [f"Per donor: the median predicted time of each held-out donor's cells at each of its times "
+                  f"({donors['donors']} donors, {donors['points']} donor-times):",
+                  *_score_lines(donors, [row for row in rows if row[1] != "model_argmax"])]
     if metrics.get("warning"):
         lines.append(f"Warning: {metrics['warning']}")
     return "\n".join(lines)

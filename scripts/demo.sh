@@ -2,8 +2,9 @@
 # The demo: sets up the environment, then runs the whole pipeline on the bundled HSMM myoblast
 # time course (271 cells at 0, 24, 48 and 72 hours), on CPU, in about five minutes:
 #   gene medians -> vocabulary -> rank value encoding -> cell paragraphs (a fifth of the cells of
-#   every time point held out) -> stage 1 (tiny) -> stage 2 (tiny) -> predicted versus true time
-#   on the held-out cells, with baselines and a scatter plot -> Hugging Face export.
+#   every time point held out, a tenth kept apart to calibrate on) -> stage 1 (tiny) -> stage 2
+#   (tiny) -> predicted versus true time on the held-out cells, with baselines, calibrated intervals
+#   and a scatter plot -> Hugging Face export.
 # It is one command, `maxtoki pipeline`, which runs the same steps on any time course.
 # Usage: bash scripts/demo.sh [OUTPUT_DIR]   (default: demo-output; a rerun starts afresh)
 set -euo pipefail
@@ -21,8 +22,9 @@ cat <<MSG
 What was written:
   $OUT/medians.json, vocab.json   per-gene scale of rank value encoding; the token dictionary
   $OUT/cells/                     MDS shards, one rank-value-encoded cell per sample (maxtoki data inspect)
-  $OUT/paragraphs/train|holdout   stage-2 training examples; holdout uses only held-out cells
-  $OUT/eval/holdout               TimeBetweenCells prompts made of held-out cells only
+  $OUT/paragraphs/train|validation|holdout   stage-2 examples; each split uses only its own cells
+  $OUT/eval/holdout               TimeBetweenCells prompts made of held-out cells only (scored)
+  $OUT/eval/validation            prompts of another tenth of the cells (the intervals are calibrated on them)
   $OUT/runs/pretrain|temporal     Composer checkpoints (latest-rank0.pt)
   $OUT/predictions/               predictions.csv, metrics.json and predicted_vs_true.png
   $OUT/hf-model/                  LlamaForCausalLM.from_pretrained("$OUT/hf-model") loads it
@@ -31,6 +33,9 @@ How to read the numbers: MAE is the mean |predicted - true| hours between the tw
 prompt (the truth is one of ±24, ±48, ±72). The training-mean baseline always answers the average
 Δ of the training examples (about 0, as later and earlier query cells are equally likely); a
 model that has learned to place a cell in time beats its MAE and has a positive Pearson r. The
-linear regressor (the paper's SGDRegressor) reads Δ off the two cells' rank-encoded expression,
-fitted on the training paragraphs. Stage 1 sees the expression of every cell but no times.
+naive baseline (the paper's) takes the query cell to be at the most common time of the training
+cells (of its kind, with --baseline-columns). The linear regressor (the paper's SGDRegressor) reads
+Δ off the two cells' rank-encoded expression, fitted on the training paragraphs. Stage 1 sees the
+expression of every cell but no times. Each prediction's 80% interval is calibrated on the
+validation cells, so that it holds the true time about 80% of the time.
 MSG

@@ -1,13 +1,16 @@
 """The analyses' mechanics, with a random tiny model on simulated donors: perturbations change exactly the
 tokens they should, the cached-context read-out equals full prompts, pairs are age-matched with contexts
-from other control donors, the estimator recovers a planted shift, and bad input is refused.
-(tests/test_analysis_validation.py shows a trained model recovering planted effects.)"""
+from other control donors, the estimator recovers a planted shift, the crossed bootstrap over case and
+control donors holds the truth where a case-only one does not, and bad input is refused. A tiny model
+trained for seconds finds a planted age shift, and no shift where none was planted, querying only control
+donors it did not train on (tests/test_analysis_validation.py: a larger model, slow)."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.planted_shift import DISEASE_DONORS, DONORS, SHIFT, age_acceleration, train_on_simulated_donors
 
 from maxtoki.analysis.age_acceleration import AccelerationOptions, PairArrays, bootstrap, estimate
 from maxtoki.analysis.perturb import delete, overexpress
@@ -76,25 +79,54 @@ def test_the_cached_context_read_out_equals_whole_prompts(simulated):
     np.testing.assert_allclose(cached, expected, atol=1e-5)
 
 
+def _pairs_with_donor_offsets(rng, shift: float, case_offset: float, control_offset: float, n: int = 300,
+                              donors: int = 20):
+    """Pairs of a case and a control cell of random donors read by a regressor that shrinks towards the mean
+    with slope 0.6; all cells of a donor read older or younger by the donor's offset (standard deviations
+    ``case_offset`` and ``control_offset``), each cell with noise of 10."""
+    true = rng.uniform(240, 960, n)
+    case_donor, control_donor = rng.integers(donors, size=n), rng.integers(donors, size=n)
+    case_offsets, control_offsets = rng.normal(0, case_offset, donors), rng.normal(0, control_offset, donors)
+
+    def predicted(age, offsets):
+        return 600 + 0.6 * (age - 600) + offsets + rng.normal(0, 10, len(age))
+
+    control = predicted(true, control_offsets[control_donor])
+    case = predicted(true + shift, case_offsets[case_donor])
+    return PairArrays(case_residual=case - true, control_residual=control - true, control_true=true,
+                      control_predicted=control, case_donor=case_donor, control_donor=control_donor)
+
+
 def test_the_estimator_recovers_a_planted_shift_and_its_slope():
-    rng = np.random.default_rng(0)
-    true = rng.uniform(240, 960, 300)
-    donors = rng.integers(20, size=300)
-
-    def predicted(age):  # a regressor that shrinks towards the mean with slope 0.6, plus noise
-        return 600 + 0.6 * (age - 600) + rng.normal(0, 10, len(age))
-
     shift = 120.0
-    control = predicted(true)
-    pairs = PairArrays(case_residual=predicted(true + shift) - true, control_residual=control - true,
-                       control_true=true, control_predicted=control, case_donor=donors)
+    pairs = _pairs_with_donor_offsets(np.random.default_rng(0), shift, case_offset=5, control_offset=5)
     point = estimate(pairs)
     assert point["slope"] == pytest.approx(0.6, abs=0.02)
-    assert point["acceleration"] == pytest.approx(0.6 * shift, abs=3)
-    assert point["calibrated"] == pytest.approx(shift, abs=5)
-    draws = bootstrap(pairs, AccelerationOptions("c", "d", "n", bootstrap=200))
+    assert point["acceleration"] == pytest.approx(0.6 * shift, abs=4)
+    assert point["calibrated"] == pytest.approx(shift, abs=6)
+    draws = bootstrap(pairs, AccelerationOptions("c", "d", "n", bootstrap=300))
     low, high = np.percentile(draws["calibrated"], [2.5, 97.5])
-    assert low < shift < high and high - low < 20
+    assert low < shift < high and high - low < 25
+    # a pair counted k times weighs as k copies of it
+    weights = np.random.default_rng(1).integers(0, 3, len(pairs.case_residual))
+    copies = PairArrays(*(np.repeat(getattr(pairs, f), weights) for f in PairArrays.__dataclass_fields__))
+    assert estimate(pairs, weights) == pytest.approx(estimate(copies))
+
+
+def test_the_crossed_bootstrap_covers_control_donors_that_read_older_or_younger():
+    """When control donors carry their own offsets, resampling only case donors gives intervals too narrow to
+    hold the truth; resampling both kinds of donors gives intervals that hold it about 95% of the time."""
+    shift, options, rng = 120.0, AccelerationOptions("c", "d", "n", bootstrap=200), np.random.default_rng(3)
+    covered, widths = {"crossed": 0, "case donors only": 0}, {"crossed": [], "case donors only": []}
+    for _ in range(80):
+        pairs = _pairs_with_donor_offsets(rng, shift, case_offset=20, control_offset=40)
+        case_only = PairArrays(**{**pairs.__dict__, "control_donor": np.zeros_like(pairs.control_donor)})
+        for name, arrays in (("crossed", pairs), ("case donors only", case_only)):
+            low, high = np.nanpercentile(bootstrap(arrays, options)["calibrated"], [2.5, 97.5])
+            covered[name] += low <= shift <= high
+            widths[name].append(high - low)
+    assert np.mean(widths["crossed"]) > 1.5 * np.mean(widths["case donors only"])
+    assert covered["crossed"] / 80 >= 0.85 and covered["case donors only"] / 80 <= 0.8
 
 
 def test_age_acceleration_from_an_h5ad_pairs_age_matched_cells(simulated, capsys):
@@ -103,8 +135,10 @@ def test_age_acceleration_from_an_h5ad_pairs_age_matched_cells(simulated, capsys
         "--medians", simulated / "m.json", "--donor-column", "donor", "--condition-column", "condition",
         "--case", "disease", "--control", "control", "--age-tolerance", 120, "--time-scale", 1 / 12,
         "--pairs", 40, "--bootstrap", 50, "--out", out)
-    assert "age acceleration" in capsys.readouterr().out
     summary = json.loads((out / "acceleration.json").read_text())
+    assert summary["control_donors_trained"] is None and 1 < summary["control_donors"] <= 8
+    assert (f"control queries from {summary['control_donors']} donors, whether the model trained on them is "
+            "unknown (give --train-data)") in capsys.readouterr().out
     table = pd.read_csv(out / "pairs.csv")
     obs = pd.read_csv(out / "pairs.csv").merge(_obs(simulated), left_on="cell_id", right_index=True)
     assert summary["pairs"] == 40 and len(table) == 80 and (out / "acceleration.png").stat().st_size > 10_000
@@ -122,6 +156,66 @@ def test_age_acceleration_from_an_h5ad_pairs_age_matched_cells(simulated, capsys
     assert low <= summary["acceleration"] <= high
     arrays = PairArrays.from_table(table)
     assert estimate(arrays)["acceleration"] == pytest.approx(summary["acceleration"])
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A tiny model trained on simulated control donors whose disease donors read 60 months older, or not at
+    all (tests/helpers/planted_shift.py); about 30 s."""
+    return train_on_simulated_donors(tmp_path_factory.mktemp("planted"), seed=1)
+
+
+def test_a_trained_model_finds_the_planted_age_shift_and_none_where_none_was_planted(planted, capsys):
+    shifted = age_acceleration(planted, "shifted", "--train-data", planted / "p/train")
+    printed = capsys.readouterr().out
+    null = age_acceleration(planted, "null", "--train-data", planted / "p/train")
+    with capsys.disabled():
+        print(f"\nplanted {SHIFT} months: {shifted['calibrated']:.1f} {shifted['calibrated_interval']}; planted 0: "
+              f"{null['calibrated']:.1f} {null['calibrated_interval']} (calibrated, 95% crossed bootstrap)")
+    low, high = shifted["calibrated_interval"]
+    assert low <= SHIFT <= high and low > 0  # found, and consistent with the truth
+    low, high = null["calibrated_interval"]
+    assert low <= 0 <= high
+    # control queries come only from the control donors held out of training; contexts from any control donor
+    groups = json.loads((planted / "p/splits.json").read_text())["groups"]
+    table = pd.read_csv(planted / "acceleration-shifted/pairs.csv")
+    assert set(table.loc[table["role"] == "control", "donor"]) <= set(groups["val"])
+    assert set(table["context_donor"]) & set(groups["train"])
+    assert shifted["control_donors_trained"] == 0 and shifted["case_donors_trained"] == 0
+    assert shifted["control_donors_left_out_as_trained"] == len(groups["train"])
+    assert (f"control queries from {shifted['control_donors']} donors, 0 of them trained on; "
+            f"{len(groups['train'])} trained control donors left out") in printed
+
+
+def test_the_donors_a_model_trained_on_are_read_from_its_paragraphs(planted):
+    from maxtoki.analysis.cells import load_cells
+    from maxtoki.analysis.trained_donors import trained_donors
+
+    groups = json.loads((planted / "p/splits.json").read_text())["groups"]
+    cells = load_cells(str(planted / "shifted-cells"), ["donor"], time_column="age")
+    assert trained_donors([str(planted / "p/train")], "donor", cells) == set(groups["train"])
+    # cell shards without the column: the training cells are found among the analysis cells by cell id
+    samples = load_cells(str(planted / "shifted.h5ad"), ["sample"], time_column="age", vocab=cells.vocab,
+                         medians=str(planted / "m.json"), model_input_size=32)
+    expected = {s for s in samples.obs["sample"] if s.split("_")[0] in groups["train"]}
+    assert trained_donors([str(planted / "p/train")], "sample", samples) == expected
+
+
+def test_age_acceleration_refuses_training_data_it_cannot_use(planted, capsys):
+    def refused(*train_data) -> str:
+        assert cli_main([str(a) for a in [
+            "analyze", "age-acceleration", "--checkpoint", planted / "run/latest-rank0.pt", "--data",
+            planted / "shifted-cells", "--donor-column", "donor", "--time-scale", 1 / 12, "--condition-column",
+            "condition", "--case", "disease", "--control", "control", "--out", planted / "refused", "--train-data",
+            *train_data]]) == 2
+        return capsys.readouterr().err
+
+    assert (f"all {DONORS - DISEASE_DONORS} control donors are in the training paragraphs (--train-data): no "
+            "untrained control donor is left to query") in refused(planted / "p/train", planted / "p/val")
+    assert f"--train-data {planted / 'p'}: holds several splits; give the one the model was trained on" in \
+        refused(planted / "p")
+    assert "not paragraph shards (kind 'maxtoki.cells')" in refused(planted / "shifted-cells")
+    assert not (planted / "refused").exists()
 
 
 def test_perturb_screens_genes_over_cells_from_shards(simulated):
@@ -143,11 +237,60 @@ def test_perturb_screens_genes_over_cells_from_shards(simulated):
     first = effects.iloc[0]
     mine = shifts[(shifts["mode"] == first["mode"]) & (shifts["gene"] == first["gene"])]["shift"]
     assert first["mean_shift"] == pytest.approx(mine.mean()) and first["cells"] == len(mine)
+    # the specific shift: beyond the median shift of the 8 genes perturbed the same way in the same cell
+    typical = shifts.groupby(["cell_id", "mode"])["shift"].median()
+    rows = shifts[(shifts["mode"] == first["mode"]) & (shifts["gene"] == first["gene"])]
+    assert first["mean_specific_shift"] == pytest.approx(
+        np.mean([r.shift - typical[(r.cell_id, r.mode)] for r in rows.itertuples()]))
     assert (out / "perturb.png").exists() and json.loads((out / "perturb.json").read_text())["query_cells"] == 5
     # NextCell after each variant: the generated cell's change, 0 (same genes) to 1 (no gene in common)
     assert shifts["next_cell_change"].between(0, 1).all()
     assert first["mean_next_cell_change"] == pytest.approx(
         shifts[(shifts["mode"] == first["mode"]) & (shifts["gene"] == first["gene"])]["next_cell_change"].mean())
+
+
+def test_several_contexts_per_cell_average_the_shift_over_contexts_from_distinct_donors(simulated):
+    from transformers import LlamaForCausalLM
+
+    from maxtoki.analysis.cells import load_cells
+    from maxtoki.analysis.perturb import PerturbOptions, perturb
+    from maxtoki.analysis.prompts import ContextOptions, ContextSampler
+    from maxtoki.errors import MaxtokiError
+    from maxtoki.inference.predict_time import predict
+
+    cells = load_cells(str(simulated / "cells"), ["donor", "condition"], time_column="age")
+    model = LlamaForCausalLM.from_pretrained(simulated / "model").eval()
+    context = ContextOptions("donor", context_cells=2, time_scale=1 / 12)
+    control = (("condition", "control"),)
+    genes = [cells.vocab.token(g) for g in cells.input_ids[0][1:4]]
+    options = PerturbOptions(genes=tuple(genes), query_cells=2, query_where=control, context_where=control,
+                             contexts_per_cell=3)
+    out = simulated / "perturb-contexts"
+    perturb(model, cells, out, context, options, batch_size=8)
+    shifts, contexts = pd.read_csv(out / "shifts.csv"), pd.read_csv(out / "contexts.csv")
+    obs, donors = _obs(simulated), cells.obs["donor"]
+    assert contexts.groupby("cell_id").size().tolist() == [3, 3]
+    for cell_id, rows in contexts.groupby("cell_id"):
+        assert rows["context_donor"].nunique() == 3 and donors[cell_id] not in set(rows["context_donor"])
+    sampler = ContextSampler(cells, np.arange(len(cells.obs)), context)
+    per_context_spread = []
+    for (cell_id, mode, gene), row in shifts.set_index(["cell_id", "mode", "gene"]).iterrows():
+        cell = cells.input_ids[cells.obs.index.get_loc(cell_id)]
+        variant = delete(cell, cells.vocab[gene]) if mode == "delete" else \
+            overexpress(cell, cells.vocab[gene], cells.max_length)
+        each = []
+        for chosen in contexts.loc[contexts["cell_id"] == cell_id, "context_cells"]:
+            positions = cells.obs.index.get_indexer(chosen.split(";"))
+            assert set(obs.loc[chosen.split(";"), "condition"]) == {"control"}
+            prefix, _ = sampler.prompt(positions, cell, model.config.max_position_embeddings)
+            prompts = [{"prompt_ids": np.concatenate([prefix, q, [cells.vocab.eoq_id]])} for q in (cell, variant)]
+            base, perturbed = predict(model, prompts, cells.vocab).expected
+            each.append((perturbed - base) * 12)  # time tokens are years, the time column months
+        assert row["shift"] == pytest.approx(np.mean(each), abs=1e-3)
+        per_context_spread.append(np.ptp(each))
+    assert max(per_context_spread) > 0.01  # the contexts differ, so the mean is not one context's shift
+    with pytest.raises(MaxtokiError, match="no query cell has 12 context donors"):  # 11 other donors
+        perturb(model, cells, simulated / "bad", context, PerturbOptions(genes=tuple(genes), contexts_per_cell=12))
 
 
 def test_analyses_refuse_what_they_cannot_use(simulated, capsys):

@@ -237,12 +237,26 @@ def test_holdout_fraction_splits_one_time_course_by_cells(tmp_path, hsmm_cells):
     from maxtoki.data.cell_store import build_cell_index
     from maxtoki.data.paragraph_build import _random_cells
 
-    held = _random_cells(build_cell_index(stage1), 0.2, seed=0)
+    held = _random_cells(build_cell_index(stage1), 0.2, seed=[0, 1])
     assert {t: int(held[times == t].sum()) for t in per_time} == {0: 14, 24: 15, 48: 16, 72: 10}
     assert used["holdout"] <= set(np.flatnonzero(held).tolist())
     assert len(CellStore(str(out / "holdout"))) == pytest.approx(60, abs=3)  # examples by share of cells
     assert json.loads((out / "splits.json").read_text())["holdout_fraction"] == 0.2
     assert main(["data", "paragraphs", str(cells), "--out", str(tmp_path / "q"), "--holdout-fraction", "1.5"]) == 2
+    # a validation share of the other cells: apart from both, the held-out cells unchanged
+    cli("data", "paragraphs", cells, "--out", tmp_path / "v", "--num-examples", 300, "--holdout-fraction", 0.2,
+        "--validation-fraction", 0.1, "--min-timepoints", 2, "--max-timepoints", 2)
+    validation = _random_cells(build_cell_index(stage1), 0.1, seed=[0, 2], among=~held)
+    assert not (validation & held).any()
+    assert {t: int(validation[times == t].sum()) for t in per_time} == {0: 6, 24: 6, 48: 6, 72: 4}
+    split = {name: {int(i) for e in CellStore(str(tmp_path / "v" / name)) for i in e["cell_indices"]}
+             for name in ("train", "validation", "holdout")}
+    assert split["validation"] <= set(np.flatnonzero(validation).tolist())
+    assert split["holdout"] <= set(np.flatnonzero(held).tolist())
+    assert split["train"].isdisjoint(split["validation"] | split["holdout"])
+    assert json.loads((tmp_path / "v" / "splits.json").read_text())["validation_fraction"] == 0.1
+    assert main(["data", "paragraphs", str(cells), "--out", str(tmp_path / "w"), "--split", "train=0.5,test=0.5",
+                 "--validation-fraction", "0.1"]) == 2
 
 
 def test_holdout_groups_and_a_split_too_fine_for_the_groups(capsys, tmp_path, simulated_cells, hsmm_cells):

@@ -19,7 +19,7 @@ def refused(capsys, *argv) -> str:
 
 
 @pytest.mark.parametrize("obs, column, message", [
-    ({"hours": [0, 0, 24, 24]}, "day", "no time or group column 'day' in obs; the columns are: hours"),
+    ({"hours": [0, 0, 24, 24]}, "day", "no time, group or baseline column 'day' in obs; the columns are: hours"),
     ({"hours": ["early", "early", "late", "late"]}, "hours", "obs column 'hours' must be numeric"),
     ({"hours": [24, 24, 24, 24]}, "hours", "has 1 distinct time(s) (after --time-scale); a time course needs at "
                                             "least two"),
@@ -56,7 +56,14 @@ def test_pipeline_learns_time_on_the_bundled_time_course(tmp_path, capsys, hsmm_
     assert metrics["warning"] is None
     assert metrics["pipeline"]["max_time"] == 91  # the data's largest Δ, 72 h, with a quarter to spare
     assert f"Time between two held-out cells, {metrics['examples']} prompts (hours)" in printed
-    assert "The model beats" in printed
+    assert "The model beats" in printed and "baseline: most common time of kind" in printed
+    # the intervals are calibrated on validation cells that neither trained nor score the model
+    calibrated = metrics["calibrated"]
+    assert calibrated["from"] == str(out / "eval" / "validation") and calibrated["prompts"] >= 50
+    assert calibrated["coverage"] >= 0.7  # the raw intervals hold the truth for about half the prompts
+    assert f"calibrated on {calibrated['prompts']} other held-out prompts: {calibrated['coverage']:.0%}" in printed
+    splits = json.loads((out / "paragraphs" / "splits.json").read_text())
+    assert splits["validation_fraction"] == 0.1 and splits["holdout_fraction"] == 0.2
     assert (out / "predictions" / "predicted_vs_true.png").stat().st_size > 10_000
     assert (out / "hf-model" / "config.json").exists()
     # the guard fails a model that has not learned: the same model, untrained

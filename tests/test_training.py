@@ -293,11 +293,21 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     true = table["true_timelapse"].to_numpy(dtype=float)
     inside = (true >= table["interval_low"]) & (true <= table["interval_high"])
     assert metrics["interval_nominal"] == 0.8 and metrics["interval_coverage"] == pytest.approx(inside.mean())
-    # calibrated on these same prompts (a mechanical check): both ends move by the conformal margin
-    scores = np.sort(np.maximum(table["interval_low"] - true, true - table["interval_high"]))
-    margin = scores[int(np.ceil((len(true) + 1) * 0.8)) - 1]
-    assert metrics["calibrated"]["margin"] == pytest.approx(margin)
-    assert np.allclose(table["calibrated_low"], table["interval_low"] - margin)
+    # calibrated on these same prompts (a mechanical check): the share each prompt needed to hold its truth,
+    # 1 - 2 min(P(T <= y), P(T >= y)); the intervals are redrawn at the ceil(0.8 (n + 1))-th smallest
+    with torch.no_grad():
+        distributions = [torch.softmax(model(input_ids=torch.as_tensor(e["prompt_ids"].astype(np.int64))[None])
+                                       .logits[0, -1, vocab.numeric_ids].double(), dim=-1).numpy()[order]
+                         for e in examples]
+    needed = []
+    for probabilities, truth in zip(distributions, true):
+        at = int(np.flatnonzero(values[order] == truth)[0])
+        needed.append(1 - 2 * min(probabilities[:at + 1].sum(), probabilities[at:].sum()))
+    share = np.sort(needed)[int(np.ceil((len(true) + 1) * 0.8)) - 1]
+    assert metrics["calibrated"]["share"] == pytest.approx(share, abs=1e-6)
+    first = np.cumsum(distributions[0])
+    tail = (1 - metrics["calibrated"]["share"]) / 2
+    assert table["calibrated_low"][0] == values[order][np.argmax(first >= tail - 1e-9)]
     assert metrics["calibrated"]["coverage"] >= 0.8
     assert set(metrics["model"]) == {"mae", "median_absolute_error", "rmse", "pearson_r"}
     spread = table["predicted_timelapse"].std(ddof=0)
@@ -531,3 +541,47 @@ def test_generate_command_writes_tokens_and_anndata(tmp_path, hsmm_data, stage2)
     assert len(tokens) == generated.n_obs == 6 and all(t[0] == 2 for t in tokens)
     assert generated.obs["generated_genes"].tolist() == [int((generated.X[i] > 0).sum()) for i in range(6)]
     assert set(generated.obs.columns) >= {"group", "timelapse", "times", "source_cells"}
+
+
+def test_generate_judges_its_cells_against_the_real_cells(tmp_path, capsys, hsmm_data, stage2):
+    import shutil
+
+    import anndata as ad
+
+    _, checkpoint = stage2
+    cli("data", "paragraphs", hsmm_data["cells"], "--out", tmp_path / "eval", "--eval", "--num-examples", 40,
+        "--max-seq-len", 300, "--seed", 5, "--task-ratio", 0, "--min-timepoints", 2, "--max-timepoints", 2)
+    capsys.readouterr()
+    cli("generate", "--checkpoint", checkpoint, "--data", tmp_path / "eval", "--out", tmp_path / "gen",
+        "--max-new-tokens", 30)
+    printed = capsys.readouterr().out
+    assert "baseline: copy last context cell" in printed and "of real held-out cells" in printed
+    summary = json.loads((tmp_path / "gen" / "evaluation.json").read_text())
+    assert summary["examples"] == 40 and 40 < summary["reference_cells"] <= 80
+    assert set(summary["reference_times"]) == {"0", "24", "48", "72"}
+    for scores in summary["time"].values():
+        assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["mae"] <= 72
+    # on real cells the read-out works: a real response cell reads as its own time more often than chance
+    assert summary["time"]["real_response_cell"]["accuracy"] > summary["chance_accuracy"] + 0.1
+    singlets = summary["singlets"]
+    assert 0 <= singlets["generated"] <= 1 and singlets["real_held_out_cells"] > singlets["simulated_doublets"]
+    assert (tmp_path / "gen" / "evaluation.png").stat().st_size > 10_000
+    obs = ad.read_h5ad(tmp_path / "gen" / "generated_cells.h5ad").obs
+    times = [list(map(int, t.split())) for t in obs["times"]]
+    assert obs["target_time"].tolist() == [t[0] + int(d) for t, d in zip(times, obs["timelapse"])]
+    assert set(obs["implied_time"]) <= {0, 24, 48, 72} and obs["singlet_probability"].between(0, 1).all()
+    # skipped on request (an earlier evaluation in the same directory goes); skipped with a note when the cells
+    # the paragraphs name are gone; an error when the cells given are not there
+    cli("generate", "--checkpoint", checkpoint, "--data", tmp_path / "eval", "--out", tmp_path / "gen",
+        "--max-new-tokens", 5, "--no-evaluate")
+    assert not (tmp_path / "gen" / "evaluation.json").exists() and "not judged" not in capsys.readouterr().err
+    shutil.copytree(tmp_path / "eval", tmp_path / "moved")
+    manifest = json.loads((tmp_path / "moved" / "manifest.json").read_text())
+    manifest["cells"]["location"] = str(tmp_path / "gone")
+    (tmp_path / "moved" / "manifest.json").write_text(json.dumps(manifest))
+    cli("generate", "--checkpoint", checkpoint, "--data", tmp_path / "moved", "--out", tmp_path / "moved-gen",
+        "--max-new-tokens", 5)
+    assert "not judged" in capsys.readouterr().err and not (tmp_path / "moved-gen" / "evaluation.json").exists()
+    assert cli_main([str(a) for a in ("generate", "--checkpoint", checkpoint, "--data", tmp_path / "moved", "--out",
+                                      tmp_path / "x", "--cells", tmp_path / "gone")]) == 2
+    assert f"{tmp_path / 'gone'}: not a directory of MDS shards" in capsys.readouterr().err

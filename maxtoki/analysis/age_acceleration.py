@@ -9,8 +9,18 @@ columns. The predicted age of a query is the last context time plus the predicte
 
 Every regressor shrinks its predictions towards the mean (slope < 1 of predicted on true age among
 the controls), which shrinks the acceleration by the same factor; ``calibrated`` divides by that
-slope to give the shift in time units. Confidence intervals come from a bootstrap over case donors
-(cells of one donor are not independent).
+slope to give the shift in time units.
+
+Control queries come from donors the model did not train on, when the training donors are known: a
+cell the model has seen reads closer to its true age than an unseen one, and a case cell (unseen)
+against a seen control would read as acceleration where there is none. Context cells may come from any
+control donor: both queries of a pair share the context, so what the model remembers of a context
+donor moves both predictions alike and cancels in the difference.
+
+Confidence intervals come from a crossed ("pigeonhole", Owen 2007) bootstrap: a pair depends on its
+case donor and on its control donor (cells of one donor are not independent), so each resample draws
+the case donors and the control donors with replacement and weights every pair by the product of its
+two donors' draw counts; the slope of the calibration is refitted on the same weights.
 """
 
 from __future__ import annotations
@@ -41,8 +51,11 @@ class AccelerationOptions:
     seed: int = 0
 
 
-def build_pairs(cells: AnalysisCells, context: ContextOptions, options: AccelerationOptions) -> pd.DataFrame:
-    """Draw case cells, their age-matched control cells and a shared context for each pair."""
+def build_pairs(cells: AnalysisCells, context: ContextOptions, options: AccelerationOptions,
+                trained: set[str] | None = None) -> pd.DataFrame:
+    """Draw case cells, their age-matched control cells and a shared context for each pair. Control
+    queries come from control donors outside ``trained`` (the donors the model trained on, when known);
+    contexts from any control donor other than the two query donors."""
     obs = cells.obs
     condition = obs[options.condition_column].to_numpy()
     cases, controls = np.flatnonzero(condition == options.case), np.flatnonzero(condition == options.control)
@@ -52,11 +65,12 @@ def build_pairs(cells: AnalysisCells, context: ContextOptions, options: Accelera
                                f"{', '.join(sorted(map(str, set(condition))))}")
     sampler = ContextSampler(cells, controls, context)
     ages, donors = obs["time"].to_numpy(dtype=float), obs[context.donor_column].to_numpy()
+    queries = _untrained(controls, donors, trained, options.control)
     match = [obs[c].to_numpy() for c in context.match_columns]
     rng = np.random.default_rng(options.seed)
     rows, misses = [], 0
     for case in rng.permutation(np.resize(cases, max(options.pairs, len(cases))))[:options.pairs]:
-        candidates = controls[np.abs(ages[controls] - ages[case]) <= options.age_tolerance]
+        candidates = queries[np.abs(ages[queries] - ages[case]) <= options.age_tolerance]
         for column in match:
             candidates = candidates[column[candidates] == column[case]]
         if not len(candidates):
@@ -69,10 +83,23 @@ def build_pairs(cells: AnalysisCells, context: ContextOptions, options: Accelera
             continue
         rows.append({"case": int(case), "control": control, "context": context_cells})
     if not rows:
-        raise MaxtokiError(f"no case cell found an age-matched control (±{options.age_tolerance}) and a control "
-                           f"donor for the context ({misses} tried); widen --age-tolerance, check --match-columns "
-                           "or lower --context-cells")
+        untrained = "" if trained is None else " of a donor the model did not train on"
+        raise MaxtokiError(f"no case cell found an age-matched control{untrained} (±{options.age_tolerance}) and a "
+                           f"control donor for the context ({misses} tried); widen --age-tolerance, check "
+                           "--match-columns or lower --context-cells")
     return pd.DataFrame(rows)
+
+
+def _untrained(controls: np.ndarray, donors: np.ndarray, trained: set[str] | None, control: str) -> np.ndarray:
+    """The control cells whose donor the model did not train on (all of them when that is unknown)."""
+    if trained is None:
+        return controls
+    keep = controls[~np.isin(donors[controls].astype(str), list(trained))]
+    if not len(keep):
+        raise MaxtokiError(f"all {len(set(donors[controls]))} {control} donors are in the training paragraphs "
+                           "(--train-data): no untrained control donor is left to query; hold control donors out "
+                           "of training (e.g. `maxtoki data paragraphs --split train=0.7,val=0.3`)")
+    return keep
 
 
 def predict_pairs(cells: AnalysisCells, pairs: pd.DataFrame, context: ContextOptions,
@@ -101,47 +128,64 @@ def predict_pairs(cells: AnalysisCells, pairs: pd.DataFrame, context: ContextOpt
 
 @dataclass
 class PairArrays:
-    """Per pair: the case and control residuals, the control's true and predicted age, the case donor."""
+    """Per pair: the case and control residuals, the control's true and predicted age, and the two donors."""
     case_residual: np.ndarray
     control_residual: np.ndarray
     control_true: np.ndarray
     control_predicted: np.ndarray
     case_donor: np.ndarray
+    control_donor: np.ndarray
 
     @classmethod
     def from_table(cls, table: pd.DataFrame) -> PairArrays:
         case = table[table["role"] == "case"].set_index("pair").sort_index()
         control = table[table["role"] == "control"].set_index("pair").sort_index()
         return cls(case["residual"].to_numpy(), control["residual"].to_numpy(), control["true_age"].to_numpy(),
-                   control["predicted_age"].to_numpy(), case["donor"].to_numpy())
+                   control["predicted_age"].to_numpy(), case["donor"].to_numpy(), control["donor"].to_numpy())
 
 
-def estimate(pairs: PairArrays, rows: np.ndarray | slice = slice(None)) -> dict[str, float]:
-    """Raw and slope-calibrated acceleration over the chosen pairs."""
-    raw = float((pairs.case_residual[rows] - pairs.control_residual[rows]).mean())
-    true, predicted = pairs.control_true[rows], pairs.control_predicted[rows]
-    slope = float(np.polyfit(true, predicted, 1)[0]) if np.ptp(true) > 0 else float("nan")
+def estimate(pairs: PairArrays, weights: np.ndarray | None = None) -> dict[str, float]:
+    """Raw and slope-calibrated acceleration, each pair counted ``weights`` times (default once)."""
+    weights = np.ones(len(pairs.case_residual)) if weights is None else np.asarray(weights, dtype=float)
+    total = weights.sum()
+    if total <= 0:
+        return {"acceleration": float("nan"), "slope": float("nan"), "calibrated": float("nan")}
+    raw = float(weights @ (pairs.case_residual - pairs.control_residual) / total)
+    true = pairs.control_true - weights @ pairs.control_true / total
+    predicted = pairs.control_predicted - weights @ pairs.control_predicted / total
+    spread = float(weights @ true ** 2)
+    slope = float(weights @ (true * predicted)) / spread if spread > 0 else float("nan")
     return {"acceleration": raw, "slope": slope, "calibrated": raw / slope if slope > 0.05 else float("nan")}
 
 
 def bootstrap(pairs: PairArrays, options: AccelerationOptions) -> dict[str, np.ndarray]:
-    """Estimates over resamples of case donors (a drawn donor brings all its pairs)."""
+    """Estimates over crossed resamples: case donors and control donors are drawn with replacement, each
+    independently, and a pair counts as often as the product of its two donors' draws."""
     rng = np.random.default_rng(options.seed + 1)
-    donors, inverse = np.unique(pairs.case_donor, return_inverse=True)
-    members = [np.flatnonzero(inverse == d) for d in range(len(donors))]
+    _, case_of = np.unique(pairs.case_donor, return_inverse=True)
+    _, control_of = np.unique(pairs.control_donor, return_inverse=True)
     draws = {"acceleration": [], "calibrated": []}
     for _ in range(options.bootstrap):
-        rows = np.concatenate([members[d] for d in rng.integers(len(donors), size=len(donors))])
-        result = estimate(pairs, rows)
+        result = estimate(pairs, _draw_counts(case_of, rng) * _draw_counts(control_of, rng))
         for key in draws:
             draws[key].append(result[key])
     return {k: np.asarray(v) for k, v in draws.items()}
 
 
+def _draw_counts(donor_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per pair: how often its donor was drawn when as many donors as there are are drawn with replacement."""
+    donors = int(donor_of.max()) + 1
+    return np.bincount(rng.integers(donors, size=donors), minlength=donors)[donor_of]
+
+
 def age_acceleration(model, cells: AnalysisCells, out: str | Path, context: ContextOptions,
-                     options: AccelerationOptions, batch_size: int = 64, device: str = "cpu") -> dict:
-    """Write pairs.csv, acceleration.json and acceleration.png to ``out``; returns the summary."""
-    pairs = build_pairs(cells, context, options)
+                     options: AccelerationOptions, batch_size: int = 64, device: str = "cpu",
+                     trained: set[str] | None = None) -> dict:
+    """Write pairs.csv, acceleration.json and acceleration.png to ``out``; returns the summary.
+
+    ``trained``: the donors the model trained on (``trained_donors``), None when unknown; control
+    queries then come only from the other control donors."""
+    pairs = build_pairs(cells, context, options, trained)
     predictor = SharedContextPredictor(model, cells.vocab, batch_size, device)
     table = predict_pairs(cells, pairs, context, predictor, model.config.max_position_embeddings)
     arrays = PairArrays.from_table(table)
@@ -153,8 +197,7 @@ def age_acceleration(model, cells: AnalysisCells, out: str | Path, context: Cont
         **{f"{key}_interval": [float(np.nanpercentile(draws[key], q)) for q in (tail, 100 - tail)]
            for key in ("acceleration", "calibrated")},
         "pairs": int(table["pair"].nunique()),
-        "case_donors": int(table.loc[table["role"] == "case", "donor"].nunique()),
-        "control_donors": int(table.loc[table["role"] == "control", "donor"].nunique()),
+        **_donor_counts(table, cells, context.donor_column, options, trained),
         "control_mae": float(table.loc[table["role"] == "control", "residual"].abs().mean()),
         "options": {**asdict(options), **asdict(context)},
     }
@@ -164,6 +207,20 @@ def age_acceleration(model, cells: AnalysisCells, out: str | Path, context: Cont
     (out / "acceleration.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(table, summary, draws, out / "acceleration.png")
     return summary
+
+
+def _donor_counts(table: pd.DataFrame, cells: AnalysisCells, donor_column: str, options: AccelerationOptions,
+                  trained: set[str] | None) -> dict:
+    """How many donors the queries came from, and how many of them the model trained on (None: unknown)."""
+    counts = {}
+    for role in ("case", "control"):
+        donors = set(table.loc[table["role"] == role, "donor"].astype(str))
+        counts[f"{role}_donors"] = len(donors)
+        counts[f"{role}_donors_trained"] = None if trained is None else len(donors & trained)
+    condition = cells.obs[options.condition_column].to_numpy()
+    all_controls = set(cells.obs[donor_column].to_numpy()[condition == options.control].astype(str))
+    counts["control_donors_left_out_as_trained"] = None if trained is None else len(all_controls & trained)
+    return counts
 
 
 def _plot(table: pd.DataFrame, summary: dict, draws: dict, path: Path) -> None:
@@ -191,7 +248,7 @@ def _plot(table: pd.DataFrame, summary: dict, draws: dict, path: Path) -> None:
     right.axvline(0, color="black", linewidth=1)
     right.set_xlabel(f"{'calibrated ' if key == 'calibrated' else ''}age acceleration (time units); "
                      f"{options['confidence']:.0%} interval dashed")
-    right.set_ylabel("bootstrap resamples of case donors")
+    right.set_ylabel("bootstrap resamples of case and control donors")
     right.legend(fontsize=8)
     fig.suptitle(f"{options['case']} vs age-matched {options['control']}: {summary['acceleration']:+.1f} raw, "
                  f"{summary['calibrated']:+.1f} calibrated (slope {summary['slope']:.2f}), {summary['pairs']} pairs",

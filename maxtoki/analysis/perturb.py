@@ -1,8 +1,9 @@
 """In-silico perturbation (the paper's driver screen): delete a gene from a query cell's rank list or
 overexpress it (move it to the top), and measure how the predicted timelapse moves.
 
-Each query cell gets one context (as in ``prompts``); the unperturbed cell and all of its perturbed
-variants are read after that context, which runs once (``SharedContextPredictor``). The effect of a
+Each query cell gets ``contexts_per_cell`` contexts (as in ``prompts``), each from another donor; the
+unperturbed cell and all of its perturbed variants are read after every context, which runs once
+(``SharedContextPredictor``), and a variant's shift is averaged over the contexts. The effect of a
 gene is the mean shift of the predicted time over the cells it changed, in time-column units;
 genes are ranked by the size of that shift. With ``next_cell``, every variant is also continued with
 NextCell (``variant <boq> Δ <eoq>`` -> the cell expected Δ later, greedy), and the change of the generated
@@ -37,6 +38,7 @@ class PerturbOptions:
     context_where: tuple[tuple[str, str], ...] = ()
     next_cell: float | None = None  # time-column units after which to generate the next cell; None: no NextCell
     seed: int = 0
+    contexts_per_cell: int = 1  # contexts from distinct donors per query cell; shifts are averaged over them
 
 
 def delete(cell: np.ndarray, gene: int) -> np.ndarray | None:
@@ -72,7 +74,8 @@ def choose_genes(cells: AnalysisCells, queries: np.ndarray, options: PerturbOpti
 
 def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOptions, options: PerturbOptions,
             batch_size: int = 64, device: str = "cpu") -> pd.DataFrame:
-    """Write effects.csv (one row per gene and mode), shifts.csv (per cell), perturb.json and perturb.png."""
+    """Write effects.csv (one row per gene and mode), shifts.csv (per cell), contexts.csv, perturb.json and
+    perturb.png."""
     bad = [m for m in options.modes if m not in MODES]
     if bad:
         raise MaxtokiError(f"unknown perturbation {bad[0]!r}; choose from {', '.join(MODES)}")
@@ -80,24 +83,28 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
     eligible = cells.where(options.query_where)
     if not len(eligible):
         raise MaxtokiError(f"no cell matches {options.query_where}")
+    if options.contexts_per_cell < 1:
+        raise MaxtokiError("--contexts-per-cell must be at least 1")
     sampler = ContextSampler(cells, cells.where(options.context_where), context)
     queries, contexts = [], []
     for query in rng.permutation(eligible):
-        chosen = sampler.sample(query, rng)
+        chosen = sample_contexts(sampler, int(query), options.contexts_per_cell, rng)
         if chosen is not None:
             queries.append(int(query))
             contexts.append(chosen)
         if len(queries) == options.query_cells:
             break
     if not queries:
-        raise MaxtokiError("no query cell has a context donor; check --context-where, --match-columns and "
+        enough = "a context donor" if options.contexts_per_cell == 1 else \
+            f"{options.contexts_per_cell} context donors (lower --contexts-per-cell)"
+        raise MaxtokiError(f"no query cell has {enough}; check --context-where, --match-columns and "
                            "--context-cells")
     genes = choose_genes(cells, np.array(queries), options)
     predictor = SharedContextPredictor(model, cells.vocab, batch_size, device)
     limit = model.config.max_position_embeddings
     shifts = []
     with progress_bar(len(queries), "perturb", unit="cells") as bar:
-        for query, context_cells in zip(queries, contexts):
+        for query, cell_contexts in zip(queries, contexts):
             cell = np.asarray(cells.input_ids[query])
             variants, labels = [cell], [None]
             for mode in options.modes:
@@ -106,8 +113,9 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
                     if changed is not None:
                         variants.append(changed)
                         labels.append((mode, int(gene)))
-            prefix, _ = sampler.prompt(context_cells, max(variants, key=len), limit)
-            deltas = predictor(prefix, variants)
+            longest = max(variants, key=len)
+            deltas = np.mean([predictor(sampler.prompt(c, longest, limit)[0], variants) for c in cell_contexts],
+                             axis=0)
             rows = [{"cell_id": cells.obs.index[query], "mode": mode, "gene": cells.vocab.token(gene),
                      "baseline": deltas[0] / context.time_scale, "shift": (delta - deltas[0]) / context.time_scale}
                     for (mode, gene), delta in zip(labels[1:], deltas[1:])]
@@ -125,12 +133,34 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_cell.to_csv(out / "shifts.csv", index=False)
+    context_table(cells, queries, contexts, sampler).to_csv(out / "contexts.csv", index=False)
     effects.to_csv(out / "effects.csv", index=False)
     summary = {"query_cells": len(queries), "genes": len(genes), "options": {**asdict(options), **asdict(context)},
                "top": effects.head(10).to_dict(orient="records")}
     (out / "perturb.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     _plot(effects, out / "perturb.png")
     return effects
+
+
+def sample_contexts(sampler: ContextSampler, query: int, count: int, rng: np.random.Generator) -> list | None:
+    """``count`` contexts for the query, each from another donor (averaging over donors evens out the
+    context's own effect on the predicted timelapse), or None when fewer donors can give one."""
+    chosen, donors = [], []
+    for _ in range(count):
+        context = sampler.sample(query, rng, exclude_donors=donors)
+        if context is None:
+            return None
+        chosen.append(context)
+        donors.append(sampler.donors[context[0]])
+    return chosen
+
+
+def context_table(cells: AnalysisCells, queries: list[int], contexts: list[list], sampler: ContextSampler):
+    """The context cells each query cell was read after (one row per query cell and context)."""
+    ids = cells.obs.index
+    return pd.DataFrame([{"cell_id": ids[query], "context": k, "context_donor": sampler.donors[chosen[0]],
+                          "context_cells": ";".join(ids[chosen])}
+                         for query, cell_contexts in zip(queries, contexts) for k, chosen in enumerate(cell_contexts)])
 
 
 def next_cell_changes(model, variants: list[np.ndarray], vocab, after: float, context: ContextOptions,
@@ -152,9 +182,14 @@ def next_cell_changes(model, variants: list[np.ndarray], vocab, after: float, co
 
 def summarize(per_cell: pd.DataFrame, query_cells: int) -> pd.DataFrame:
     """Mean shift per gene and mode with its standard error, ranked by size (and the mean change of the
-    generated next cell, when measured)."""
+    generated next cell, when measured). ``mean_specific_shift`` subtracts in every cell the median shift of
+    all genes perturbed there the same way: moving any gene to the top shifts the predicted time a little
+    (benchmarks/README.md), and this is what the gene does beyond that; it needs many genes per cell."""
     grouped = per_cell.groupby(["mode", "gene"])
     effects = grouped["shift"].agg(cells="size", mean_shift="mean", std="std").reset_index()
+    typical = per_cell.groupby(["cell_id", "mode"])["shift"].transform("median")
+    effects["mean_specific_shift"] = (per_cell["shift"] - typical).groupby([per_cell["mode"], per_cell["gene"]]) \
+        .mean().to_numpy()
     if "next_cell_change" in per_cell:
         effects["mean_next_cell_change"] = grouped["next_cell_change"].mean().to_numpy()
     effects["standard_error"] = effects["std"].fillna(0) / np.sqrt(effects["cells"])

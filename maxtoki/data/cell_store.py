@@ -71,6 +71,20 @@ class CellStore:
     def columns(self) -> list[str]:
         return list(self._shards[0]["column_names"])
 
+    def column_values(self, names, option: str = "") -> dict[str, np.ndarray]:
+        """Each named column of every cell, as strings, in one pass; ``option`` names what asked for a missing one."""
+        missing = [name for name in names if name not in self.columns]
+        if missing:
+            raise MaxtokiError(f"{option + ': ' if option else ''}{self.location} has no column {missing[0]!r}; its "
+                               f"columns are: {', '.join(self.columns)} (keep obs columns at tokenization with "
+                               "--keep-obs)")
+        values = {name: [] for name in names}
+        if names:
+            for sample in self:
+                for name in names:
+                    values[name].append(str(sample[name]))
+        return {name: np.array(column, dtype=object) for name, column in values.items()}
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"cell {index} is outside 0..{len(self) - 1}")

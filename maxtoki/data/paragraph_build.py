@@ -20,7 +20,7 @@ from maxtoki.data.manifest import base_manifest
 from maxtoki.data.mds import mds_writer_class
 from maxtoki.data.paragraphs import ParagraphOptions, assemble, sample_blueprint
 from maxtoki.data.parallel import run_parts
-from maxtoki.data.splits import HOLDOUT, assign_groups, examples_per_split
+from maxtoki.data.splits import HOLDOUT, VALIDATION, assign_groups, examples_per_split
 from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import Vocabulary
 
@@ -98,11 +98,13 @@ def write_paragraph_shards(blueprint: Blueprint, cells: str, vocab: Vocabulary, 
 def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: ParagraphOptions = ParagraphOptions(),
                      *, group_columns: tuple[str, ...] = (), split: dict[str, float] | None = None,
                      holdout_groups: tuple[str, ...] = (), holdout_values: tuple[tuple[str, str], ...] = (),
-                     holdout_fraction: float = 0.0, blueprint_path: str | None = None, workers: int = 1,
-                     overwrite: bool = False) -> dict:
+                     holdout_fraction: float = 0.0, validation_fraction: float = 0.0,
+                     blueprint_path: str | None = None, workers: int = 1, overwrite: bool = False) -> dict:
     """Sample (or rebuild from a blueprint) and write paragraph shards; returns manifests by split.
 
-    Without ``vocab_path`` the vocabulary named in the cells' manifest is used.
+    Without ``vocab_path`` the vocabulary named in the cells' manifest is used. ``validation_fraction`` deals
+    that share of the cells of every group and time that are not held out into a ``validation`` split (to
+    calibrate or select on, apart from the held-out cells that score the model).
     """
     cache = tempfile.TemporaryDirectory(prefix="maxtoki-cells-")  # remote cells' shards; removed on return
     cache_dir = cache.name
@@ -124,7 +126,7 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
     write = dict(vocab=vocab, cells=cells, options=options, overwrite=overwrite, workers=workers,
                  cache_dir=cache_dir)
     if blueprint_path:
-        if split or holdout_groups or holdout_values or holdout_fraction:
+        if split or holdout_groups or holdout_values or holdout_fraction or validation_fraction:
             raise MaxtokiError("--blueprint rebuilds one output as it was; it does not take split options")
         blueprint = Blueprint.load(blueprint_path)
         if len(blueprint) and int(blueprint.cell_indices.max()) >= len(store):
@@ -133,7 +135,8 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
         return {"all": write_paragraph_shards(blueprint, out=out, manifest_extra=extra, **write)}
 
     index = build_cell_index(store, group_columns)
-    subsets = _subsets(index, store, split, holdout_groups, holdout_values, holdout_fraction, options.seed)
+    subsets = _subsets(index, store, split, holdout_groups, holdout_values, holdout_fraction, options.seed,
+                       validation_fraction)
     if len(subsets) == 1 and "all" in subsets:
         blueprint, counts = sample_blueprint(index, subsets["all"][0], vocab, options,
                                              np.random.default_rng(options.seed))
@@ -152,13 +155,14 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
         manifests[name] = write_paragraph_shards(blueprint, out=f"{str(out).rstrip('/')}/{name}", manifest_extra=extra,
                                                  **{**write, "options": split_options})
     parent.commit(_splits_file({name: groups for name, (_, groups) in subsets.items()}, split, holdout_groups,
-                               holdout_values, holdout_fraction, options.seed))
+                               holdout_values, holdout_fraction, options.seed, validation_fraction))
     return manifests
 
 
 def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_values, holdout_fraction: float,
-             seed: int) -> dict:
-    """Cells (indices) and group names of each split; held-out cells and groups form their own split."""
+             seed: int, validation_fraction: float = 0.0) -> dict:
+    """Cells (indices) and group names of each split; held-out cells and groups form their own split, and so do
+    the validation cells."""
     all_cells = np.arange(len(index))
     held = np.zeros(len(index), dtype=bool)
     unknown = [g for g in holdout_groups if g not in index.group_names]
@@ -167,11 +171,19 @@ def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_
     for group in holdout_groups:
         held |= index.group_codes == index.group_names.index(group)
     for column, value in holdout_values:
-        held |= _column_values(store, column) == value
+        held |= store.column_values([column], "--holdout-values")[column] == value
     if holdout_fraction:
-        held |= _random_cells(index, holdout_fraction, seed)
+        held |= _random_cells(index, holdout_fraction, [seed, 1])
     subsets = {}
     remaining = all_cells[~held]
+    if validation_fraction:
+        if split:
+            raise MaxtokiError("--validation-fraction deals cells; with --split, name a validation split of whole "
+                               "groups instead (e.g. train=0.8,val=0.1,test=0.1)")
+        validation = np.flatnonzero(_random_cells(index, validation_fraction, [seed, 2], among=~held))
+        if not len(validation):
+            raise MaxtokiError(f"--validation-fraction {validation_fraction:g} takes no cell; give a larger share")
+        remaining = np.setdiff1d(remaining, validation)
     if split:
         names = sorted({index.group_names[c] for c in index.group_codes[remaining]})
         assignment = assign_groups(names, split, seed)
@@ -182,8 +194,10 @@ def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_
             codes = np.array([code_of[g] for g in groups], dtype=np.int64)
             subsets[name] = (remaining[np.isin(index.group_codes[remaining], codes)], groups)
     else:
-        subsets["all" if not held.any() else "train"] = (
+        subsets["all" if not (held.any() or validation_fraction) else "train"] = (
             remaining, sorted({index.group_names[c] for c in index.group_codes[remaining]}))
+    if validation_fraction:
+        subsets[VALIDATION] = (validation, sorted({index.group_names[c] for c in index.group_codes[validation]}))
     if held.any():
         subsets[HOLDOUT] = (all_cells[held], sorted({index.group_names[c] for c in index.group_codes[held]}))
     elif holdout_groups or holdout_values or holdout_fraction:
@@ -191,29 +205,28 @@ def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_
     return subsets
 
 
-def _random_cells(index: CellIndex, fraction: float, seed: int) -> np.ndarray:
-    """A seeded share of the cells of every (group, time), so that one time course can still be split."""
+def _random_cells(index: CellIndex, fraction: float, seed: list[int], among: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """A seeded share of the cells (``among`` them) of every (group, time), so that one time course can still be
+    split."""
     if not 0 < fraction < 1:
-        raise MaxtokiError(f"--holdout-fraction {fraction:g}: give a fraction between 0 and 1")
-    rng = np.random.default_rng([seed, 1])
-    held = np.zeros(len(index), dtype=bool)
-    buckets = np.stack([index.group_codes.astype(np.float64), index.times])
+        raise MaxtokiError(f"--holdout-fraction/--validation-fraction {fraction:g}: give a fraction between 0 and 1")
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(index), dtype=bool)
+    candidates = np.flatnonzero(np.ones(len(index), dtype=bool) if among is None else among)
+    if not len(candidates):
+        return chosen
+    buckets = np.stack([index.group_codes[candidates].astype(np.float64), index.times[candidates]])
     _, bucket_of = np.unique(buckets, axis=1, return_inverse=True)
     for bucket in range(int(bucket_of.max()) + 1):
-        members = np.flatnonzero(bucket_of == bucket)
-        held[rng.permutation(members)[:round(fraction * len(members))]] = True
-    return held
-
-
-def _column_values(store: CellStore, column: str) -> np.ndarray:
-    if column not in store.columns:
-        raise MaxtokiError(f"--holdout-values: no column {column!r} in the cells; the columns are: "
-                           f"{', '.join(store.columns)} (keep obs columns at tokenization with --keep-obs)")
-    return np.array([str(sample[column]) for sample in store], dtype=object)
+        members = candidates[bucket_of == bucket]
+        chosen[rng.permutation(members)[:round(fraction * len(members))]] = True
+    return chosen
 
 
 def _splits_file(groups: dict[str, list[str]], split, holdout_groups, holdout_values, holdout_fraction: float,
-                 seed) -> bytes:
+                 seed, validation_fraction: float) -> bytes:
     return json.dumps({"seed": seed, "split": split, "holdout_groups": list(holdout_groups),
                        "holdout_values": [f"{c}={v}" for c, v in holdout_values],
-                       "holdout_fraction": holdout_fraction, "groups": groups}, indent=2).encode()
+                       "holdout_fraction": holdout_fraction, "validation_fraction": validation_fraction,
+                       "groups": groups}, indent=2).encode()

@@ -25,12 +25,6 @@ from maxtoki.data.parallel import progress_bar
 from maxtoki.errors import MaxtokiError
 
 
-def _column(store: CellStore, name: str) -> np.ndarray:
-    if name not in store.columns:
-        raise MaxtokiError(f"{store.location}: no column {name!r}; the columns are: {', '.join(store.columns)}")
-    return np.array([str(sample[name]) for sample in store], dtype=object)
-
-
 def build_queries(paragraphs: str, other_cells: str, out: str, *, match_time_tolerance: float = 0.0,
                   match_columns: tuple[str, ...] = (), where: tuple[tuple[str, str], ...] = (), seed: int = 0,
                   overwrite: bool = False) -> dict:
@@ -50,11 +44,13 @@ def build_queries(paragraphs: str, other_cells: str, out: str, *, match_time_tol
                            f"it with {manifest['vocabulary']['path']}")
     other_index = build_cell_index(others)
     other_times = to_time_units(other_index.times, options["time_scale"])
-    other_keys = [_column(others, c) for c in match_columns]
-    original_keys = [_column(originals, c) for c in match_columns]
+    other_columns = others.column_values(list(dict.fromkeys([*match_columns, *(c for c, _ in where)])),
+                                         "--match-columns/--where")
+    other_keys = [other_columns[c] for c in match_columns]
+    original_keys = list(originals.column_values(list(match_columns), "--match-columns").values())
     eligible = ~np.isnan(other_index.times)
     for column, value in where:
-        eligible &= _column(others, column) == value
+        eligible &= other_columns[column] == value
     tolerance = match_time_tolerance * options["time_scale"]
     rng = np.random.default_rng(seed)
     columns = {**paragraph_columns(vocab, True), "query_cell_index": "int64", "query_cell_id": "str",

@@ -9,6 +9,7 @@ import numpy as np
 from maxtoki.errors import MaxtokiError
 
 HOLDOUT = "holdout"
+VALIDATION = "validation"  # cells dealt apart by --validation-fraction
 
 
 def parse_split(text: str) -> dict[str, float]:

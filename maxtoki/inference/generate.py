@@ -3,7 +3,8 @@
 The response starts with ``<bos>``; then at every step ``<pad>``, ``<mask>``, ``<bos>``, ``<boq>``,
 ``<eoq>``, every numeric token and every gene already generated are banned, so a generated cell is
 a list of distinct genes. Generation stops at ``<eos>`` or after ``max_new_tokens``. Greedy, or
-sampled with temperature, top-k and top-p from a seeded generator (reproducible).
+sampled with temperature, top-k and top-p from a seeded generator (reproducible). The generated cells
+are then judged against real held-out cells (``judge_cells``).
 """
 
 from __future__ import annotations
@@ -127,8 +128,13 @@ def cells_to_anndata(cells: list[np.ndarray], vocab: Vocabulary, obs=None):
 
 
 def generate(checkpoint: str, data: str, out, sampling: Sampling = Sampling(), batch_size: int = 8,
-             device: str = "cpu"):
-    """Generate the response cell of every NextCell prompt of evaluation paragraphs; write tokens and AnnData."""
+             device: str = "cpu", *, evaluate: bool = True, cells: str | None = None) -> dict:
+    """Generate the response cell of every NextCell prompt of evaluation paragraphs; write tokens and AnnData.
+
+    Unless ``evaluate`` is False, the generated cells are judged against the real cells of the paragraphs
+    (read from ``cells``, by default the cells their manifest names; see ``judge_cells``): evaluation.json
+    and evaluation.png. Returns the number of cells, the evaluation summary, and why there is none.
+    """
     import json
     from pathlib import Path
 
@@ -144,19 +150,77 @@ def generate(checkpoint: str, data: str, out, sampling: Sampling = Sampling(), b
     if max(len(e["prompt_ids"]) for e in examples) + 1 > limit:
         raise MaxtokiError(f"prompts are longer than the model's context ({limit}); make paragraphs with a smaller "
                            "--max-seq-len")
+    reference = _reference_cells(data, examples, vocab, cells) if evaluate else (None, "not asked for")
     budget = min(sampling.max_new_tokens, limit - max(len(e["prompt_ids"]) for e in examples))
-    cells = generate_cells(model, [e["prompt_ids"] for e in examples], vocab,
-                           Sampling(**{**sampling.__dict__, "max_new_tokens": budget}), batch_size, device)
+    generated = generate_cells(model, [e["prompt_ids"] for e in examples], vocab,
+                               Sampling(**{**sampling.__dict__, "max_new_tokens": budget}), batch_size, device)
+    judged, not_evaluated = _judge(generated, examples, vocab, *reference)
     obs = pd.DataFrame({"group": [str(e["group"]) for e in examples],
                         "timelapse": [int(e["timelapse"]) for e in examples],
                         "times": [" ".join(map(str, e["times"])) for e in examples],
                         "source_cells": [" ".join(map(str, e["cell_indices"])) for e in examples],
-                        "generated_genes": [int(vocab.is_gene[c].sum()) for c in cells]},
-                       index=[f"generated{i}" for i in range(len(cells))])
+                        "generated_genes": [int(vocab.is_gene[c].sum()) for c in generated]},
+                       index=[f"generated{i}" for i in range(len(generated))])
+    if judged:
+        per_example = judged["per_example"]
+        obs["target_time"] = per_example["target_time"]
+        obs["implied_time"] = per_example["implied_time_generated"]
+        obs["singlet_probability"] = per_example["singlet_probability"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "tokens.jsonl", "w") as handle:
-        for cell in cells:
+        for cell in generated:
             handle.write(json.dumps([int(t) for t in cell]) + "\n")
-    cells_to_anndata(cells, vocab, obs).write_h5ad(out / "generated_cells.h5ad")
-    return len(cells)
+    cells_to_anndata(generated, vocab, obs).write_h5ad(out / "generated_cells.h5ad")
+    if judged:
+        from maxtoki.inference.judge_cells import plot_judgement
+
+        summary = {**judged["summary"], "sampling": sampling.__dict__}
+        (out / EVALUATION_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        plot_judgement(judged, out / EVALUATION_PICTURE)
+        return {"cells": len(generated), "evaluation": summary, "not_evaluated": None}
+    for stale in (EVALUATION_FILE, EVALUATION_PICTURE):  # of an earlier run into the same directory
+        (out / stale).unlink(missing_ok=True)
+    return {"cells": len(generated), "evaluation": None, "not_evaluated": not_evaluated}
+
+
+EVALUATION_FILE, EVALUATION_PICTURE = "evaluation.json", "evaluation.png"
+
+
+def _reference_cells(data: str, examples: list[dict], vocab: Vocabulary, location: str | None):
+    """The real cells of the examples (cell index -> tokens), or None and why not.
+
+    Cells named by the paragraphs' manifest that cannot be read are a reason to skip the evaluation;
+    cells given explicitly (``location``) that cannot be read are an error.
+    """
+    from maxtoki.data.cell_store import CellStore
+    from maxtoki.errors import MaxtokiError
+
+    named = location or CellStore(data).manifest.get("cells", {}).get("location")
+    if not named:
+        return None, f"{data}: its manifest names no cells; give them with --cells DIR"
+    try:
+        store = CellStore(named)
+        if store.vocabulary().sha256 != vocab.sha256:
+            raise MaxtokiError(f"{named}: tokenized with another vocabulary than the paragraphs {data}")
+        indices = sorted({int(i) for e in examples for i in e["cell_indices"]})
+        if indices[-1] >= len(store):
+            raise MaxtokiError(f"{named}: holds {len(store)} cells but the paragraphs use cell {indices[-1]}; "
+                               "these are not the paragraphs' cells")
+        return {i: np.asarray(store[i]["input_ids"]) for i in indices}, None
+    except MaxtokiError as error:
+        if location:
+            raise
+        return None, f"{error} (give the paragraphs' cells with --cells DIR)"
+
+
+def _judge(generated, examples, vocab, cells, why_not):
+    from maxtoki.errors import MaxtokiError
+    from maxtoki.inference.judge_cells import judge
+
+    if cells is None:
+        return None, why_not
+    try:
+        return judge(generated, examples, cells, vocab), None
+    except MaxtokiError as error:
+        return None, str(error)

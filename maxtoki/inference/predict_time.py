@@ -3,8 +3,9 @@
 The softmax at ``<eoq>``, renormalized over the numeric tokens, gives the expected time (in time
 units), its arg-max token and an interval (the central 80% of that distribution by default, checked
 for coverage and optionally calibrated on held-out prompts). Results are scored against the truth
-and against three baselines that need no model: the training-mean Δ, the per-group mean Δ, and a
-linear regressor on the cells' expression (``linear_baseline``), as in the paper.
+and against three baselines that need no model: the training-mean Δ, the paper's naive baseline (the most
+common time of the query cell's kind, ``naive_baseline``), and a linear regressor on the cells' expression
+(``linear_baseline``), as in the paper; where donors exist, also per donor (``donor_scores``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import numpy as np
 from maxtoki.data.blueprint import TASK_NAMES, TIME_BETWEEN_CELLS
 from maxtoki.data.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
+from maxtoki.inference.donor_scores import donor_scores, donors_of, per_donor
 from maxtoki.inference.linear_baseline import linear_baseline
+from maxtoki.inference.naive_baseline import CellTimes, cell_kinds, naive_timelapses
 from maxtoki.inference.timelapse_readout import (
     DEFAULT_INTERVAL,
     Readout,
     TimelapseReadout,
-    conformal_margin,
+    conformal_level,
     coverage,
 )
 from maxtoki.vocab import Vocabulary
@@ -63,8 +66,9 @@ def evaluation_prompts(data: str, task: int) -> tuple[list[dict], Vocabulary]:
 
 
 def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8, device: str = "cpu",
-            interval: float = DEFAULT_INTERVAL) -> Readout:
-    """Expected and arg-max timelapse of every example and its interval (arrays, time units)."""
+            interval: float = DEFAULT_INTERVAL, calibrated: float | None = None) -> Readout:
+    """Expected and arg-max timelapse of every example and its interval (arrays, time units); with known
+    timelapses, the share each needed, and with a ``calibrated`` share, the interval of that share too."""
     import torch
 
     limit = model.config.max_position_embeddings
@@ -73,7 +77,7 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
         raise MaxtokiError(f"{len(too_long)} prompts are longer ({max(too_long)} tokens) than the model's context "
                            f"({limit}); make paragraphs with --max-seq-len {limit}")
     model = model.to(device)
-    readout = TimelapseReadout(vocab, device, interval)
+    readout = TimelapseReadout(vocab, device, interval, calibrated)
     parts = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -86,9 +90,10 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
                 mask[row, :len(example["prompt_ids"])] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             last = mask.sum(dim=1) - 1
-            parts.append(readout.read(logits[torch.arange(len(batch)), last.to(device)]))
-    return Readout(*(np.concatenate([getattr(p, field) for p in parts]) for field in ("expected", "argmax", "low",
-                                                                                       "high")))
+            true = np.array([float(e["timelapse"]) for e in batch]) if all("timelapse" in e for e in batch) \
+                else None
+            parts.append(readout.read(logits[torch.arange(len(batch)), last.to(device)], true))
+    return Readout.concatenate(parts)
 
 
 def scores(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -113,69 +118,133 @@ def collapse_warning(predicted: np.ndarray, true: np.ndarray) -> str | None:
 
 def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | None = None,
                  batch_size: int = 8, device: str = "cpu", interval: float = DEFAULT_INTERVAL,
-                 calibration_data: str | None = None) -> dict:
-    """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out``; returns the metrics.
+                 calibration_data: str | None = None, baseline_columns: tuple[str, ...] = (),
+                 donor_column: str | None = None) -> dict:
+    """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out`` (and per_donor.csv where donors
+    exist); returns the metrics.
 
     ``calibration_data`` (evaluation paragraphs of cells held out from training and from ``data``, e.g. a
-    validation split) calibrates the intervals: both ends move by the conformal margin measured there.
+    validation split) calibrates the intervals: the share of the model's distribution they span becomes the one
+    that held the truth for ``interval`` of those prompts.
+    ``baseline_columns`` (cell columns, e.g. cell_type sex) define the kinds of the naive baseline.
+    ``donor_column`` (a cell column) names each query cell's donor; without it the paragraphs' groups are the
+    donors when they were made from cell columns (``--group-columns`` at tokenization or for the paragraphs).
     """
     import pandas as pd
 
     examples, vocab = evaluation_prompts(data, TIME_BETWEEN_CELLS)
     model = load_model(checkpoint, vocab)
-    readout = predict(model, examples, vocab, batch_size, device, interval)
+    level, calibration_prompts = _calibrated_level(model, calibration_data, vocab, batch_size, device, interval) \
+        if calibration_data else (None, 0)
+    readout = predict(model, examples, vocab, batch_size, device, interval, level)
     expected, argmax = readout.expected, readout.argmax
+    training_paragraphs = list(CellStore(train_data)) if train_data else None  # both tasks: all their cells
+    training = [e for e in training_paragraphs if int(e["task"]) == TIME_BETWEEN_CELLS] if train_data else None
+    cells = CellColumns([*baseline_columns, *([donor_column] if donor_column else [])])
     table = pd.DataFrame({"group": [str(e["group"]) for e in examples],
                           "true_timelapse": [int(e["timelapse"]) for e in examples],
                           "predicted_timelapse": expected, "argmax_timelapse": argmax.astype(int),
                           "interval_low": readout.low, "interval_high": readout.high})
-    training = [e for e in CellStore(train_data) if int(e["task"]) == TIME_BETWEEN_CELLS] if train_data else None
-    train = training or examples
-    train_deltas = pd.DataFrame({"group": [str(e["group"]) for e in train],
-                                 "timelapse": [float(e["timelapse"]) for e in train]})
-    mean = float(train_deltas["timelapse"].mean())
-    group_means = train_deltas.groupby("group")["timelapse"].mean()
     true = table["true_timelapse"].to_numpy(dtype=float)
-    linear, linear_fit = linear_baseline(examples, vocab, training)
-    table["linear_baseline_timelapse"] = linear
+    mean = float(np.mean([float(e["timelapse"]) for e in (training or examples)]))
+    table["training_mean_timelapse"] = mean
+    kinds = cell_kinds(cells.of(data), baseline_columns)
+    reference = CellTimes.of(training_paragraphs, cell_kinds(cells.of(train_data), baseline_columns)) if training \
+        else CellTimes.of(examples, kinds)
+    table["most_common_time_timelapse"], naive_fit = naive_timelapses(examples, kinds, reference,
+                                                                      leave_query_out=not training)
+    table["linear_baseline_timelapse"], linear_fit = linear_baseline(examples, vocab, training)
     intervals = {"interval_nominal": interval, "interval_coverage": coverage(readout.low, readout.high, true),
                  "interval_mean_width": float(np.mean(readout.high - readout.low))}
     shown = (readout.low, readout.high)
     if calibration_data:
-        calibration, _ = evaluation_prompts(calibration_data, TIME_BETWEEN_CELLS)
-        on_calibration = predict(model, calibration, vocab, batch_size, device, interval)
-        margin = conformal_margin(on_calibration.low, on_calibration.high,
-                                  np.array([float(e["timelapse"]) for e in calibration]), interval)
-        if not np.isfinite(margin):
-            raise MaxtokiError(f"{calibration_data}: {len(calibration)} TimeBetweenCells prompts are too few to "
-                               f"calibrate {interval:.0%} intervals; give at least "
-                               f"{math.ceil(interval / (1 - interval))}")
-        shown = (readout.low - margin, readout.high + margin)
+        shown = (readout.calibrated_low, readout.calibrated_high)
         table["calibrated_low"], table["calibrated_high"] = shown
-        intervals["calibrated"] = {"from": calibration_data, "prompts": len(calibration), "margin": margin,
+        intervals["calibrated"] = {"from": calibration_data, "prompts": calibration_prompts, "share": level,
                                    "coverage": coverage(*shown, true),
                                    "mean_width": float(np.mean(shown[1] - shown[0]))}
+    predictors = {"model": "predicted_timelapse", **{key: f"{column}_timelapse" for key, column in BASELINES.items()}}
     metrics = {
         "examples": len(table),
         "model": scores(expected, true),
         "model_argmax": scores(argmax.astype(float), true),
-        "baseline_training_mean": scores(np.full(len(true), mean), true),
-        "baseline_group_mean": scores(table["group"].map(group_means).fillna(mean).to_numpy(dtype=float), true),
-        "baseline_linear": scores(linear, true),
+        **{key: scores(table[column].to_numpy(dtype=float), true) for key, column in predictors.items()
+           if key != "model"},
+        "baseline_most_common_time_fit": {"columns": list(baseline_columns), **naive_fit},
         "baseline_linear_fit": linear_fit,
         "prediction_std": float(np.std(expected)),
         "true_std": float(np.std(true)),
         "warning": collapse_warning(expected, true),
         **intervals,
-        "baselines_from": train_data or f"{data} itself (no --train-data given: the means are optimistic, the "
-                                        "linear regressor is cross-fitted: baseline_linear_fit)",
+        "baselines_from": train_data or f"{data} itself (no --train-data given: the training mean is optimistic; "
+                                        "the most common time leaves each query cell out, the linear regressor is "
+                                        "cross-fitted: baseline_linear_fit)",
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if donor_column or groups_are_donors(data):
+        donors = donors_of(examples, cells.of(data)[donor_column] if donor_column else None)
+        metrics["per_donor"] = _per_donor(table, examples, donors, predictors, out / "per_donor.csv")
     table.to_csv(out / "predictions.csv", index=False)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _scatter(true, expected, shown, metrics, out / "predicted_vs_true.png")
     return metrics
+
+
+BASELINES = {"baseline_training_mean": "training_mean", "baseline_most_common_time": "most_common_time",
+             "baseline_linear": "linear_baseline"}  # metrics key -> predictions.csv column (without _timelapse)
+
+
+def groups_are_donors(paragraphs: str) -> bool:
+    """Whether the paragraphs' groups are trajectories named by cell columns (donors), not whole datasets."""
+    manifest = CellStore(paragraphs).manifest
+    if manifest.get("group_columns"):
+        return True
+    try:
+        return "group" in CellStore(manifest["cells"]["location"]).columns
+    except MaxtokiError:  # the cells moved: the paragraphs alone do not say what their groups are
+        return False
+
+
+def _per_donor(table, examples: list[dict], donors: np.ndarray, predictors: dict[str, str], path: Path) -> dict:
+    """Adds each prompt's donor and times to the table; writes the (donor, time) medians; returns their scores."""
+    table["donor"] = donors
+    table["context_time"] = [int(e["times"][-2]) for e in examples]
+    table["true_time"] = [int(e["times"][-1]) for e in examples]
+    points = per_donor(table, predictors)
+    points.to_csv(path, index=False)
+    return donor_scores(points, list(predictors), scores)
+
+
+class CellColumns:
+    """Columns of the cells that paragraphs were made of, read once per cell store and only when asked for."""
+
+    def __init__(self, names: list[str]):
+        self.names, self._read = list(dict.fromkeys(names)), {}
+
+    def of(self, paragraphs: str) -> dict[str, np.ndarray]:
+        """Each column for every cell of the store the paragraphs were made of (without columns: an empty dict)."""
+        if not self.names:
+            return {}
+        location = CellStore(paragraphs).manifest["cells"]["location"]
+        if location not in self._read:
+            store = CellStore(location)
+            self._read[location] = store.column_values(self.names, "--baseline-columns/--donor-column")
+        return self._read[location]
+
+
+def _calibrated_level(model, calibration_data: str, vocab: Vocabulary, batch_size: int, device: str,
+                      interval: float) -> tuple[float, int]:
+    """The central share of the model's distributions that holds the truth for ``interval`` of other held-out
+    prompts (split conformal), and how many prompts measured it."""
+    calibration, _ = evaluation_prompts(calibration_data, TIME_BETWEEN_CELLS)
+    level = conformal_level(predict(model, calibration, vocab, batch_size, device, interval).needed, interval)
+    if not np.isfinite(level):
+        raise MaxtokiError(f"{calibration_data}: {len(calibration)} TimeBetweenCells prompts are too few to "
+                           f"calibrate {interval:.0%} intervals (give at least "
+                           f"{math.ceil(interval / (1 - interval))}), or their true times lie outside the "
+                           "vocabulary's time tokens")
+    return level, len(calibration)
 
 
 def _scatter(true: np.ndarray, predicted: np.ndarray, interval: tuple[np.ndarray, np.ndarray], metrics: dict,

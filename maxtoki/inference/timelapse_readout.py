@@ -3,9 +3,13 @@ numeric tokens, gives the expected timelapse, its arg-max and a central interval
 vocabulary's time tokens.
 
 The interval is the model's own: the central ``nominal`` share of its distribution over the time
-tokens. Whether that share of true times really falls inside is measured (``interval_coverage``), and
-``conformal_margin`` widens or narrows the intervals so that it does, from held-out calibration
-prompts (split conformal prediction over the interval's ends).
+tokens. Whether that share of true times really falls inside is measured (``interval_coverage``).
+Calibration keeps the model's intervals but changes their share: every prompt with a known truth
+says which central share it would have needed to hold it (``needed``), and ``conformal_level``
+picks the share that holds the truth for the nominal fraction of held-out calibration prompts
+(split conformal prediction over the nested central intervals). Unlike moving both ends by a fixed
+margin, the intervals stay where the model puts its probability, which matters when the true times
+take few values.
 """
 
 from __future__ import annotations
@@ -26,39 +30,77 @@ class Readout:
     argmax: np.ndarray
     low: np.ndarray  # the central ``nominal`` interval of the distribution over time tokens
     high: np.ndarray
+    needed: np.ndarray  # the smallest central share whose interval holds the true time (inf: none; NaN: unknown)
+    calibrated_low: np.ndarray  # the central interval at the calibrated share (NaN without one)
+    calibrated_high: np.ndarray
+
+    FIELDS = ("expected", "argmax", "low", "high", "needed", "calibrated_low", "calibrated_high")
+
+    @classmethod
+    def concatenate(cls, parts: list[Readout]) -> Readout:
+        return cls(*(np.concatenate([getattr(part, field) for part in parts]) for field in cls.FIELDS))
 
 
 class TimelapseReadout:
-    def __init__(self, vocab: Vocabulary, device="cpu", nominal: float = DEFAULT_INTERVAL):
+    def __init__(self, vocab: Vocabulary, device="cpu", nominal: float = DEFAULT_INTERVAL,
+                 calibrated: float | None = None):
         import torch
 
-        if not 0 < nominal < 1:
-            raise ValueError("the interval's nominal coverage must lie between 0 and 1")
+        for share in (nominal, calibrated):
+            if share is not None and not 0 < share <= 1:
+                raise ValueError("an interval's share of the distribution must lie in (0, 1]")
         values = torch.as_tensor(vocab.numeric_values[vocab.numeric_ids], dtype=torch.float64)
         order = torch.argsort(values)  # ascending times, for the cumulative distribution
         self.numeric_ids = torch.as_tensor(vocab.numeric_ids, device=device)[order.to(device)]
         self.values = values[order].to(device)
-        self.nominal = nominal
+        self.nominal, self.calibrated = nominal, calibrated
 
     def __call__(self, logits_at_eoq) -> tuple[np.ndarray, np.ndarray]:
         """Expected and arg-max timelapse of each row of ``logits_at_eoq`` (rows x vocabulary)."""
         readout = self.read(logits_at_eoq)
         return readout.expected, readout.argmax
 
-    def read(self, logits_at_eoq) -> Readout:
+    def read(self, logits_at_eoq, true: np.ndarray | None = None) -> Readout:
+        """Everything the distribution at ``<eoq>`` says; ``true`` (time units, one per row) gives ``needed``."""
         import torch
 
         probabilities = torch.softmax(logits_at_eoq[:, self.numeric_ids].double(), dim=-1)
         cumulative = torch.cumsum(probabilities, dim=-1)
-        tail = (1 - self.nominal) / 2
-        last = len(self.values) - 1
-        low = torch.searchsorted(cumulative, torch.full((len(cumulative), 1), tail, dtype=torch.float64,
-                                                        device=cumulative.device)).clamp(max=last)
-        high = torch.searchsorted(cumulative, torch.full((len(cumulative), 1), 1 - tail, dtype=torch.float64,
-                                                         device=cumulative.device)).clamp(max=last)
+        low, high = self._central(cumulative, self.nominal)
+        rows = len(probabilities)
+        calibrated = self._central(cumulative, self.calibrated) if self.calibrated is not None else \
+            (np.full(rows, np.nan), np.full(rows, np.nan))
+        needed = self._needed(cumulative, true) if true is not None else np.full(rows, np.nan)
         return Readout((probabilities @ self.values).cpu().numpy(),
-                       self.values[probabilities.argmax(dim=-1)].cpu().numpy(),
-                       self.values[low[:, 0]].cpu().numpy(), self.values[high[:, 0]].cpu().numpy())
+                       self.values[probabilities.argmax(dim=-1)].cpu().numpy(), low, high, needed, *calibrated)
+
+    def _central(self, cumulative, share: float) -> tuple[np.ndarray, np.ndarray]:
+        """The first time at which the cumulative distribution reaches (1 - share) / 2, and the first at which
+        it reaches 1 - (1 - share) / 2 (a hair inside, so that a share equal to ``needed`` holds the truth)."""
+        import torch
+
+        tail = max((1 - share) / 2 - 1e-12, 0.0)
+        last = len(self.values) - 1
+        ends = []
+        for point in (tail, 1 - tail):
+            found = torch.searchsorted(cumulative, torch.full((len(cumulative), 1), point, dtype=torch.float64,
+                                                              device=cumulative.device)).clamp(max=last)
+            ends.append(self.values[found[:, 0]].cpu().numpy())
+        return ends[0], ends[1]
+
+    def _needed(self, cumulative, true: np.ndarray) -> np.ndarray:
+        """1 - 2 min(P(T <= y), P(T >= y)): the central interval of that share is the smallest holding y
+        (computed from the same cumulative sums as the intervals, so that share's interval holds y exactly)."""
+        import torch
+
+        values = self.values.cpu().numpy()
+        position = np.minimum(np.searchsorted(values, true), len(values) - 1)
+        known = values[position] == true
+        index = torch.as_tensor(position, device=cumulative.device)[:, None]
+        at_most = cumulative.gather(1, index)[:, 0].cpu().numpy()
+        below = cumulative.gather(1, (index - 1).clamp(min=0))[:, 0].cpu().numpy() * (position > 0)
+        needed = np.clip(1 - 2 * np.minimum(at_most, 1 - below), 0.0, 1.0)
+        return np.where(known, needed, np.inf)  # a true time without a token: no interval holds it
 
 
 def coverage(low: np.ndarray, high: np.ndarray, true: np.ndarray) -> float:
@@ -66,10 +108,9 @@ def coverage(low: np.ndarray, high: np.ndarray, true: np.ndarray) -> float:
     return float(np.mean((true >= low) & (true <= high)))
 
 
-def conformal_margin(low: np.ndarray, high: np.ndarray, true: np.ndarray, nominal: float) -> float:
-    """How far to move both ends of every interval (outwards if positive) so that at least ``nominal`` of new
-    prompts, exchangeable with these calibration prompts, have their true time inside: the
-    ceil((n + 1) nominal)-th smallest of max(low - true, true - high)."""
-    scores = np.sort(np.maximum(low - true, true - high))
-    rank = math.ceil((len(scores) + 1) * nominal)
-    return float(scores[rank - 1]) if rank <= len(scores) else math.inf
+def conformal_level(needed: np.ndarray, nominal: float) -> float:
+    """The central share at which at least ``nominal`` of new prompts, exchangeable with these calibration
+    prompts, hold their true time: the ceil((n + 1) nominal)-th smallest share they needed (inf: too few)."""
+    shares = np.sort(needed)
+    rank = math.ceil((len(shares) + 1) * nominal)
+    return float(shares[rank - 1]) if rank <= len(shares) else math.inf
