@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from maxtoki import storage
 from maxtoki.data.blueprint import Blueprint
 from maxtoki.data.cell_store import CellIndex, CellStore, build_cell_index
 from maxtoki.data.destination import VOCAB_FILE, ShardDestination, SplitOutputs
@@ -119,7 +121,8 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
     if "<boq>" not in vocab or "<eoq>" not in vocab or not vocab.is_numeric.any():
         raise MaxtokiError(f"{vocab_path}: paragraphs need <boq>, <eoq> and numeric time tokens; build the "
                            "vocabulary with `maxtoki data vocab`")
-    source = {"cells": {"location": cells, "cells": len(store), "vocabulary_sha256": vocab.sha256,
+    location = cells if storage.is_remote(cells) else str(Path(cells).resolve())  # readable from any directory
+    source = {"cells": {"location": location, "cells": len(store), "vocabulary_sha256": vocab.sha256,
                         "manifest_created": store.manifest.get("created")},
               "vocabulary": {"path": str(vocab_path), "sha256": vocab.sha256, "size": len(vocab)},
               "group_columns": list(group_columns)}
