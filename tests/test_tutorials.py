@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 
 # The quickstart trains the demo's model (about five minutes here); the default run trains the smaller one
 # that tests/test_pipeline.py guards (128-token cells, 400 stage-2 batches: about one minute) and checks
-# that it still beats the training-mean baseline. The analysis tutorial trains for about ten minutes; the
+# that it still beats the training-mean baseline. The analysis tutorial takes about three minutes; the
 # default run uses the recipe of the fast age-acceleration test (tests/helpers/planted_shift.py: 60 donors,
 # 32-token cells, a 2 x 64 model) and checks that both planted effects are still found. `-m slow` runs the
 # notebooks exactly as shipped.
