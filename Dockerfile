@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # CUDA image with a released CPython 3.11, the locked environment, flash-attention 2 and the maxtoki
-# package (README: Docker).
+# package (docs/scale-out.md, "Docker").
 #   docker build -t maxtoki .
 #   docker run --gpus all --rm maxtoki maxtoki --help
 FROM ghcr.io/astral-sh/uv:0.13.9 AS uv

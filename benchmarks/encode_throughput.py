@@ -15,7 +15,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from maxtoki.data.encoding import rank_value_encode
+from maxtoki.data.cells.encoding import rank_value_encode
 from maxtoki.datasets import example_path
 
 

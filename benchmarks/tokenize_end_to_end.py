@@ -17,7 +17,7 @@ from pathlib import Path
 from synthetic_h5ad import write_synthetic_h5ad
 
 from maxtoki.data import ReadOptions, TokenizeOptions, compute_medians, tokenize_files, write_medians
-from maxtoki.data.mds import mds_writer_class
+from maxtoki.data.shards.mds import mds_writer_class
 from maxtoki.datasets import example_path
 from maxtoki.vocab import Vocabulary
 

@@ -83,13 +83,13 @@ class TimeCourse:
 
 def read_time_course(data: str | Path, options: PipelineOptions) -> TimeCourse:
     """The time column checked: present, numeric, at least two distinct times, enough cells to hold out."""
-    from maxtoki.data.sources import ReadOptions, open_source
+    from maxtoki.data.cells.sources import ReadOptions, open_source
 
     with open_source(data, ReadOptions(options.gene_id_column, options.layer, options.use_raw)) as source:
         source.require_obs_columns([options.time_column, *options.group_columns, *options.baseline_columns],
                                    "time, group or baseline")
         times = source.numeric_obs(options.time_column, 0, source.n_cells)
-    from maxtoki.data.paragraphs import to_time_units
+    from maxtoki.data.paragraphs.sampling import to_time_units
 
     known = to_time_units(times[~np.isnan(times)], options.time_scale)  # as the paragraphs will round them
     distinct = np.unique(known)
@@ -108,7 +108,7 @@ def read_time_course(data: str | Path, options: PipelineOptions) -> TimeCourse:
 
 def genes_in_cells(cells: str | Path) -> list[str]:
     """The genes that occur in the tokenized cells at ``cells``."""
-    from maxtoki.data.cell_store import CellStore
+    from maxtoki.data.paragraphs.cell_store import CellStore
 
     store = CellStore(str(cells))
     vocab = store.vocabulary()
@@ -131,7 +131,7 @@ def read_out_scale(course: TimeCourse) -> float:
 
 def _evaluation_splits(options: PipelineOptions) -> tuple[str, str | None]:
     """The split that scores the model, and the one its intervals are calibrated on (None: none)."""
-    from maxtoki.data.splits import HOLDOUT, VALIDATION, parse_split
+    from maxtoki.data.paragraphs.splits import HOLDOUT, VALIDATION, parse_split
 
     if options.split and not (options.holdout_groups or options.holdout_fraction):
         names = [name for name in parse_split(options.split) if name != "train"]
@@ -144,12 +144,12 @@ def _evaluation_splits(options: PipelineOptions) -> tuple[str, str | None]:
 
 def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, log=print) -> dict:
     """Every step, writing under ``out``; returns the metrics of ``predict time`` on the held-out cells."""
-    from maxtoki.data.medians import compute_medians, write_medians
-    from maxtoki.data.paragraph_build import build_paragraphs
-    from maxtoki.data.paragraphs import ParagraphOptions
-    from maxtoki.data.sources import ReadOptions
-    from maxtoki.data.splits import parse_split
-    from maxtoki.data.tokenize import TokenizeOptions, tokenize_files
+    from maxtoki.data.cells.medians import compute_medians, write_medians
+    from maxtoki.data.cells.sources import ReadOptions
+    from maxtoki.data.cells.tokenize import TokenizeOptions, tokenize_files
+    from maxtoki.data.paragraphs.build import build_paragraphs
+    from maxtoki.data.paragraphs.sampling import ParagraphOptions
+    from maxtoki.data.paragraphs.splits import parse_split
     from maxtoki.vocab import Vocabulary
 
     start = time.monotonic()
@@ -231,8 +231,7 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
                                "repository (the recipes live in configs/)")
     runs = out / "runs"
     shutil.rmtree(runs, ignore_errors=True)  # a rerun trains afresh (autoresume would find the runs finished)
-    common = [f"model.size={options.model_size}", f"seed={options.seed}", "console_log_interval=100ba",
-              *options.overrides]
+    common = [f"model.size={options.model_size}", f"seed={options.seed}", *options.overrides]
     log(f"== 5/8 stage 1: next-gene prediction on single cells ({options.model_size} model, "
         f"{options.pretrain_batches} batches)")
     train_from_recipe(str(RECIPES / "pretrain/tiny-cpu.yaml"), [

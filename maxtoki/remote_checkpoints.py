@@ -8,14 +8,16 @@ optimizer state). The ``prune_remote_checkpoints`` callback keeps the newest ``k
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 
 from composer.core import Callback, State
 from composer.loggers import Logger
 
 from maxtoki import storage
 from maxtoki.errors import MaxtokiError
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = re.compile(r"ep\d+-ba(\d+)-rank\d+\.pt")
 LINK_NAME = "latest-rank0.pt.symlink"
@@ -96,5 +98,5 @@ class PruneRemoteCheckpoints(Callback):
         try:
             prune_remote_checkpoints(self.save_folder, self.keep)
         except MaxtokiError as exc:
-            print(f"maxtoki: warning: could not prune old checkpoints in {self.save_folder} ({exc}); will try again "
-                  "after the next checkpoint", file=sys.stderr, flush=True)
+            logger.warning(f"could not prune old checkpoints in {self.save_folder} ({exc}); will try again after "
+                           "the next checkpoint")

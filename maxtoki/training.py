@@ -8,12 +8,15 @@ vocabulary that does not match the data fails in seconds with a clear message, n
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 from pathlib import Path
 
 from maxtoki.errors import MaxtokiError
+
+logger = logging.getLogger(__name__)
 
 
 def parse_arguments(argv: list[str]) -> tuple[str, list[str]]:
@@ -237,7 +240,7 @@ def remove_unfinished_checkpoints(save_folder: str) -> list[str]:
             path.unlink()
             removed.append(path.name)
     if removed:
-        print(f"maxtoki: removed checkpoints of an interrupted save: {', '.join(sorted(removed))}", flush=True)
+        logger.info(f"removed checkpoints of an interrupted save: {', '.join(sorted(removed))}")
     return removed
 
 
@@ -264,7 +267,6 @@ EXPECTED_WARNINGS = ("The tokenizer was not provided", "The shift_labels argumen
 def quiet_expected_warnings() -> None:
     """Silence warnings that describe this design, not a problem: genes are tokens already (no
     tokenizer), the losses shift labels themselves, and llm-foundry imports pkg_resources."""
-    import logging
     import warnings
 
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
@@ -305,8 +307,8 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
         if unlinked and not cfg.get("save_overwrite"):
             # autoresume starts from the linked checkpoint; the run passes these again and must replace them
             cfg["save_overwrite"] = True
-            print(f"maxtoki: {save_folder} holds checkpoints uploaded but never linked as latest (the run stopped "
-                  f"first): {', '.join(unlinked)}; resuming from the linked one, this run replaces them", flush=True)
+            logger.info(f"{save_folder} holds checkpoints uploaded but never linked as latest (the run stopped "
+                        f"first): {', '.join(unlinked)}; resuming from the linked one, this run replaces them")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("AWS_MAX_ATTEMPTS", UPLOAD_ATTEMPTS)  # checkpoint uploads ride out a short outage
     quiet_expected_warnings()
@@ -320,8 +322,8 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
     except ValueError as exc:
         if "is less than or equal to the elapsed training duration" not in str(exc):
             raise
-        print(f"maxtoki: the run in {save_folder} has already trained for max_duration ({cfg.get('max_duration')}); "
-              "nothing to do (raise max_duration to train on, or give another save_folder)", flush=True)
+        logger.info(f"the run in {save_folder} has already trained for max_duration ({cfg.get('max_duration')}); "
+                    "nothing to do (raise max_duration to train on, or give another save_folder)")
         return None
     except Exception as exc:
         from maxtoki.data.loaders import TrainingDataUnreachable
@@ -344,8 +346,10 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
 
 
 def main(argv: list[str]) -> int:
+    from maxtoki.console import show_notices
     from maxtoki.runtime import keep_freed_memory
 
+    show_notices()
     keep_freed_memory()
     try:
         train_from_recipe(*parse_arguments(argv))

@@ -22,6 +22,7 @@ import numpy as np
 from maxtoki.errors import InputFileError, MaxtokiError
 
 PAD, MASK, BOS, EOS, BOQ, EOQ = "<pad>", "<mask>", "<bos>", "<eos>", "<boq>", "<eoq>"
+VOCAB_FILE = "vocab.json"  # beside every data output and model directory, so each can be used wherever it is copied
 _SPECIAL_RE = re.compile(r"^<[^<>]+>$")
 _NUMERIC_RE = re.compile(r"^-?\d+$")
 

@@ -21,6 +21,23 @@ from maxtoki.vocab import Vocabulary
 os.environ.setdefault("WANDB_MODE", "offline")
 
 GENES = [f"ENSG{i:011d}" for i in range(1, 6)]  # token ids 4..8 in a built vocabulary
+COLLECTED = pytest.StashKey[dict]()  # test id relative to tests/ -> whether it is marked slow
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keeps every collected test, before `-m` deselects the slow ones, for tests/test_suite.py."""
+    config.stash[COLLECTED] = {item.nodeid.removeprefix("tests/"): item.get_closest_marker("slow") is not None
+                               for item in items}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def notices_shown_as_the_cli_shows_them():
+    """The library's notices (``logging``) printed as the command line prints them, whether a test calls the
+    command line or the library, so tests read them from capsys."""
+    from maxtoki.console import show_notices
+
+    show_notices()
 
 
 @pytest.fixture
@@ -79,7 +96,7 @@ def pbmc_path() -> Path:
 @pytest.fixture(scope="session")
 def hsmm_reference(tmp_path_factory, hsmm_path):
     """Medians and vocabulary of the HSMM example, computed once per session."""
-    from maxtoki.data.medians import compute_medians, write_medians
+    from maxtoki.data.cells.medians import compute_medians, write_medians
 
     root = tmp_path_factory.mktemp("hsmm_reference")
     medians, _ = compute_medians([hsmm_path], allow_non_integer=True)

@@ -1,6 +1,7 @@
-"""The command lines of README.md and tutorials/*.md as users copy them: every maxtoki command parses, every
-training command loads its recipe with its overrides, and those that take seconds on tiny data run exactly as
-shown (only paths swapped for tiny fixtures); also the documented options nothing else exercises."""
+"""The command lines of README.md, docs/*.md and tutorials/*.md as users copy them: every maxtoki command parses,
+every training command loads its recipe with its overrides, and those that take seconds on tiny data run exactly as
+shown (only paths swapped for tiny fixtures), wherever in the docs they are; every relative link resolves and the
+README stays a short front door; also the documented options nothing else exercises."""
 
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ import scipy.sparse as sp
 from maxtoki import storage
 from maxtoki.cli import build_parser
 from maxtoki.cli import main as cli_main
-from maxtoki.data.cell_store import CellStore
+from maxtoki.data.paragraphs.cell_store import CellStore
 from maxtoki.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "tutorials").glob("*.md"))]
+README = ROOT / "README.md"
+PAGES = sorted((ROOT / "docs").glob("*.md"))
+DOCS = [README, *PAGES, *sorted((ROOT / "tutorials").glob("*.md"))]
+README_LIMIT = 8 * 1024  # bytes: a first screen and a table of pages, the reference lives in docs/
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,10 @@ def _fenced(text: str):
 
 
 def _inline(text: str):
-    """(line, command) of every inline `maxtoki ... --option ...` span (spans may wrap over lines)."""
-    for span in re.finditer(r"`(maxtoki [^`]*--[^`]*)`", text):
+    """(line, command) of every inline `maxtoki ... --option ...` span and `composer scripts/train.py RECIPE key=value`
+    span (spans may wrap over lines)."""
+    spans = r"`(maxtoki [^`]*--[^`]*|composer scripts/train\.py configs/\S+\.yaml [^`]*=[^`]*)`"
+    for span in re.finditer(spans, text):
         yield text[:span.start()].count("\n") + 1, " ".join(span.group(1).split())
 
 
@@ -66,7 +72,8 @@ def documented_commands() -> list[DocCommand]:
     found = []
     for doc in DOCS:
         text = doc.read_text()
-        found += [DocCommand(doc.name, line, command) for line, command in [*_fenced(text), *_inline(text)]]
+        name = str(doc.relative_to(ROOT))
+        found += [DocCommand(name, line, command) for line, command in [*_fenced(text), *_inline(text)]]
     return found
 
 
@@ -75,7 +82,7 @@ COMMANDS = documented_commands()
 # Command lines that are not meant to run as written, and why.
 FRAGMENTS = {
     "maxtoki predict time --train-data s3://lab/paragraphs/train": "names one option of a command shown in full "
-                                                                   "in the README",
+                                                                   "in docs/inference.md",
     "maxtoki generate --checkpoint CKPT --data eval/test --out generated/ [--sample --temperature T --top-k K "
     "--top-p P --seed S --max-new-tokens N]": "a synopsis with optional parts in brackets; its required part is "
                                               "parsed below",
@@ -154,6 +161,55 @@ def test_documented_training_command_loads_its_recipe(command, monkeypatch):
     check_recipe_keys(load_recipe(recipe, overrides))
 
 
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _prose(text: str) -> str:
+    """The text without fenced blocks and code spans, where brackets and ``#`` lines are not Markdown."""
+    return re.sub(r"`[^`]*`", "", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    """Links and images in README.md, docs/, tutorials/ and benchmarks/README.md name files that exist, and
+    headings that exist where they name one (a section moved to another page breaks its old anchors)."""
+    broken = []
+    for doc in [*DOCS, ROOT / "benchmarks/README.md"]:
+        for target in LINK.findall(_prose(doc.read_text())):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            if not linked.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: ({target}) names no file")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{doc.relative_to(ROOT)}: ({target}) names no heading of {linked.name}")
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_the_readme_is_a_short_front_door_to_every_docs_page():
+    size = len(README.read_bytes())
+    assert size <= README_LIMIT, (f"README.md is {size:,} bytes, over {README_LIMIT:,}: move reference material to "
+                                  "a docs/ page and link it from the README's table of pages")
+    assert PAGES, "docs/ holds no pages"
+    linked = {(ROOT / target.partition("#")[0]).resolve() for target in LINK.findall(_prose(README.read_text()))}
+    unlinked = [p.name for p in PAGES if p not in linked]
+    assert not unlinked, f"docs pages the README's table of pages does not link: {unlinked}"
+    for page in PAGES:
+        title, purpose = page.read_text().split("\n\n", 2)[:2]
+        assert title.startswith("# ") and "\n" not in title and "\n" not in purpose and purpose[0].isupper(), \
+            f"{page.relative_to(ROOT)} starts with '# Title', a blank line and a one-line purpose"
+    shown = {c.text.split("#")[0].strip() for c in COMMANDS if c.doc == "README.md" and kind(c) == "script"}
+    assert {"bash scripts/demo.sh", "bash scripts/test.sh"} <= shown, "the README shows the two commands"
+    picture = ROOT / "docs/images/predicted_vs_true.png"
+    assert picture.resolve() in linked and len(picture.read_bytes()) < 100_000, "the README shows a small picture"
+
+
 def documented(text: str) -> list[str]:
     """The words of a documented command given by its text (so a changed command fails here, by name)."""
     matches = [c for c in COMMANDS if c.text == text]
@@ -205,7 +261,7 @@ def save_random_llama(vocab: Vocabulary, out: Path, context: int = 256) -> None:
 
 @pytest.mark.s3
 def test_documented_commands_run_on_tiny_data(tmp_path, monkeypatch, s3_server, capsys):
-    """The README's and the guide's commands in the order a user meets them, in a directory holding tiny
+    """The commands of the README, docs/ and the guide in the order a user meets them, in a directory holding tiny
     stand-ins for the files they name."""
     monkeypatch.chdir(tmp_path)
     corpus = write_corpus(tmp_path)
@@ -277,7 +333,7 @@ def test_documented_commands_run_on_tiny_data(tmp_path, monkeypatch, s3_server, 
     effects = pd.read_csv("screen/effects.csv")
     assert set(effects["gene"]) <= set(vocab.genes) and set(effects["mode"]) == {"delete", "overexpress"}
 
-    # object storage, as the README's S3 section and the training guide show it (bucket names swapped)
+    # object storage, as docs/scale-out.md and the training guide show it (bucket names swapped)
     run("maxtoki data tokenize corpus/ --vocab vocab.json --medians medians.json --out s3://lab/cells "
         "--time-column age", **{"s3://lab/": "s3://maxtoki-test/lab/"})
     run("maxtoki data paragraphs s3://lab/cells --out s3://lab/paragraphs --split train=0.9,val=0.1",
@@ -293,11 +349,11 @@ def test_documented_commands_run_on_tiny_data(tmp_path, monkeypatch, s3_server, 
     groups = {s["group"] for s in CellStore("s3://maxtoki-test/guide/cells", str(tmp_path / "c3"))}
     assert groups == {f"{d}|{t}" for d in corpus.obs["donor"].unique() for t in ("T", "B", "microglia")}
 
-    # the README's Python example, as shown
-    example = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    # the Python example of docs/data.md, as shown
+    example = re.search(r"```python\n(.*?)```", (ROOT / "docs/data.md").read_text(), re.S).group(1)
     assert "vocab.decode(cells.input_ids[0][:5])" in example
     namespace: dict = {}
-    exec(compile(example.replace("vocab.decode(", "decoded = vocab.decode("), "README.md", "exec"), namespace)
+    exec(compile(example.replace("vocab.decode(", "decoded = vocab.decode("), "docs/data.md", "exec"), namespace)
     first = namespace["cells"].input_ids[0]
     names = {i: token for token, i in namespace["vocab"].token_to_id.items()}
     assert namespace["decoded"] == ["<bos>", *[names[int(t)] for t in first[1:5]]]

@@ -16,7 +16,7 @@ import torch
 
 from maxtoki import storage
 from maxtoki.cli import main as cli_main
-from maxtoki.data.cell_store import CellStore
+from maxtoki.data.paragraphs.cell_store import CellStore
 from maxtoki.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +182,7 @@ def test_embed_reads_gene_ids_from_a_var_column(world):
 
 
 def temporal_overrides(root: Path, save_folder: str, batches: int) -> list[str]:
-    """Stage 2 from the imported model as the README shows it (``model.pretrained=DIR load_path=null``)."""
+    """Stage 2 from the imported model as docs/training.md shows it (``model.pretrained=DIR load_path=null``)."""
     return [f"variables.data={root / 'p/train'}", f"variables.vocab={root / 'v.json'}",
             f"model.pretrained={root / 'model'}", "load_path=null", f"save_folder={save_folder}",
             # not documented for users: a learning rate of 0 keeps the weights comparable, a few batches (each

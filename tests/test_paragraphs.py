@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from maxtoki.cli import main
-from maxtoki.data.blueprint import NEXT_CELL, TIME_BETWEEN_CELLS, Blueprint
-from maxtoki.data.cell_store import CellStore
-from maxtoki.data.paragraphs import assemble, to_time_units
+from maxtoki.data.paragraphs.blueprint import NEXT_CELL, TIME_BETWEEN_CELLS, Blueprint
+from maxtoki.data.paragraphs.cell_store import CellStore
+from maxtoki.data.paragraphs.sampling import assemble, to_time_units
 from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import Vocabulary
 
@@ -126,7 +126,7 @@ def test_no_negative_timelapses_and_task_ratio(tmp_path, hsmm_cells):
 
 
 def test_same_seed_same_bytes_for_any_workers_and_from_the_blueprint(tmp_path, hsmm_cells, monkeypatch):
-    from maxtoki.data import paragraph_build
+    from maxtoki.data.paragraphs import build as paragraph_build
 
     cells, _ = hsmm_cells
     monkeypatch.setattr(paragraph_build, "PART_EXAMPLES", 40)
@@ -234,8 +234,8 @@ def test_holdout_fraction_splits_one_time_course_by_cells(tmp_path, hsmm_cells):
     held_per_time = {t: sum(times[i] == t for i in used["holdout"]) for t in (0, 24, 48, 72)}
     per_time = {t: int((times == t).sum()) for t in (0, 24, 48, 72)}  # 69, 74, 79, 49 cells
     assert all(held_per_time[t] <= round(0.2 * per_time[t]) for t in per_time)  # a fifth of every time point
-    from maxtoki.data.cell_store import build_cell_index
-    from maxtoki.data.paragraph_build import _random_cells
+    from maxtoki.data.paragraphs.build import _random_cells
+    from maxtoki.data.paragraphs.cell_store import build_cell_index
 
     held = _random_cells(build_cell_index(stage1), 0.2, seed=[0, 1])
     assert {t: int(held[times == t].sum()) for t in per_time} == {0: 14, 24: 15, 48: 16, 72: 10}

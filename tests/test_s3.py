@@ -12,7 +12,7 @@ from test_tokenize_shards import read_shards
 
 from maxtoki import storage
 from maxtoki.cli import main
-from maxtoki.data.cell_store import CellStore
+from maxtoki.data.paragraphs.cell_store import CellStore
 from maxtoki.vocab import Vocabulary
 
 pytestmark = pytest.mark.s3
@@ -107,7 +107,7 @@ def test_unreachable_server_fails_fast(capsys, tmp_path, tiny_files, monkeypatch
 
 
 def test_paragraphs_from_s3_cells_to_s3(tmp_path, s3_server, hsmm_path, hsmm_reference):
-    from maxtoki.data.cell_store import CellStore
+    from maxtoki.data.paragraphs.cell_store import CellStore
 
     vocab, medians = hsmm_reference
     cells = "s3://maxtoki-test/runs/paragraph-cells"

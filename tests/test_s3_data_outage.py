@@ -85,12 +85,14 @@ def s3_env(server, **extra) -> dict:
 
 
 def train(server, inputs, tmp_path, children, log_name, workers, **env):
-    """Start ``scripts/train.py`` on stage 1 reading the server's cells in order; checkpoints and caches local."""
+    """Start ``scripts/train.py`` on stage 1 reading the server's cells in order; checkpoints and caches local.
+    Two keys users need not set: the streaming cache goes where the test watches shards arrive (by default each
+    run gets its own under MAXTOKI_CACHE), and batches are logged as lines to count them."""
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), str(ROOT / "configs" / "pretrain" / "tiny-cpu.yaml"),
                f"variables.data={DATA}", f"variables.vocab={inputs / 'vocab.json'}", "max_seq_len=64",
                f"save_folder={tmp_path / 'run'}", f"max_duration={BATCHES}ba", "save_interval=50ba",
                f"eval_interval={BATCHES}ba", "eval_subset_num_batches=1", "global_train_batch_size=8",
-               "device_train_microbatch_size=8", "console_log_interval=10ba", "loggers={}",
+               "device_train_microbatch_size=8", "log_to_console=true", "console_log_interval=10ba", "loggers={}",
                "train_loader.dataset.shuffle=false", "train_loader.dataset.predownload=8",
                f"train_loader.dataset.local={tmp_path / 'train-cache'}", f"train_loader.num_workers={workers}"]
     with open(tmp_path / log_name, "w") as log:

@@ -52,7 +52,7 @@ def train(server, cells, tmp_path, log_name, **env):
                f"variables.data={data}", f"variables.vocab={vocab}", "max_seq_len=64", f"save_folder={RUN}",
                f"max_duration={BATCHES}ba", "save_interval=50ba", f"eval_interval={BATCHES}ba",
                "eval_subset_num_batches=1", "global_train_batch_size=8", "device_train_microbatch_size=8",
-               "console_log_interval=10ba", "loggers={}"]
+               "log_to_console=true", "console_log_interval=10ba", "loggers={}"]  # [batch=N/M] lines
     log = open(tmp_path / log_name, "w")
     return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -10,8 +10,8 @@ import pytest
 
 from maxtoki.cli import main
 from maxtoki.data import ReadOptions, TokenizeOptions, tokenize_anndata, tokenize_files
-from maxtoki.data import tokenize as tokenize_module
-from maxtoki.data.mds import streaming_dataset_class
+from maxtoki.data.cells import tokenize as tokenize_module
+from maxtoki.data.shards.mds import streaming_dataset_class
 
 
 def read_shards(path, local=None):
@@ -69,7 +69,7 @@ def test_manifest_accounts_for_every_cell(hsmm_shards, hsmm_reference):
 
 
 def test_parallel_parts_write_identical_shards(tmp_path, pbmc_path, monkeypatch):
-    from maxtoki.data.medians import compute_medians, write_medians
+    from maxtoki.data.cells.medians import compute_medians, write_medians
     from maxtoki.vocab import Vocabulary
 
     read = ReadOptions(gene_id_column="ensembl_id")

@@ -1,6 +1,9 @@
 """Both training stages for real on CPU at tiny size, from the bundled example; recipe checks."""
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +49,24 @@ def common(tmp, name, batches):
             "console_log_interval=100ba"]
 
 
+class Terminal(io.StringIO):
+    """stderr as a terminal: progress is drawn as a bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+PRINTED: dict[str, str] = {}  # what each training fixture's run printed to stderr
+
+
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory, hsmm_data):
     tmp = tmp_path_factory.mktemp("stage1")
-    trainer = train_from_recipe(PRETRAIN, [f"variables.data={hsmm_data['cells']}",
-                                           f"variables.vocab={hsmm_data['vocab']}", "max_seq_len=128",
-                                           "optimizer.lr=0.01", *common(tmp, "p", 16)])
+    with contextlib.redirect_stderr(Terminal()) as printed:
+        trainer = train_from_recipe(PRETRAIN, [f"variables.data={hsmm_data['cells']}",
+                                               f"variables.vocab={hsmm_data['vocab']}", "max_seq_len=128",
+                                               "optimizer.lr=0.01", *common(tmp, "p", 16)])
+    PRINTED["stage1"] = printed.getvalue()
     return trainer, tmp / "p" / "latest-rank0.pt"
 
 
@@ -85,8 +100,10 @@ def stage2_args(hsmm_data, checkpoint):
 @pytest.fixture(scope="module")
 def stage2(tmp_path_factory, stage1, hsmm_data):
     tmp = tmp_path_factory.mktemp("stage2")
-    trainer = train_from_recipe(TEMPORAL, [*stage2_args(hsmm_data, stage1[1]), "optimizer.lr=0.01",
-                                           *common(tmp, "t", 16)])
+    with contextlib.redirect_stderr(io.StringIO()) as printed:  # a log file: progress as lines
+        trainer = train_from_recipe(TEMPORAL, [*stage2_args(hsmm_data, stage1[1]), "optimizer.lr=0.01",
+                                               *common(tmp, "t", 16)])
+    PRINTED["stage2"] = printed.getvalue()
     return trainer, tmp / "t" / "latest-rank0.pt"
 
 
@@ -111,6 +128,51 @@ def test_stage2_starts_from_stage1_and_loss_falls(tmp_path, stage1, stage2, hsmm
     # collapse is visible while training: the spread of the distribution over times, next to the loss
     spread = losses(trainer, "metrics/train/TimelapseSpread")
     assert len(spread) == 16 and (spread[np.isfinite(spread)] > 0).all() and np.isfinite(spread).sum() >= 8
+
+
+def recent_mean(values: np.ndarray, window: int = 10, skip_zeros: bool = False) -> float:
+    recent = values[-window:]
+    return float(recent[recent != 0].mean() if skip_zeros else recent.mean())
+
+
+def test_training_in_a_log_shows_progress_lines_and_an_evaluation_summary_not_every_metric(stage2):
+    trainer, _ = stage2
+    printed = PRINTED["stage2"]
+    assert not re.search(r"loss/train|metrics/|\[batch=|Config:|\r", printed)
+    assert "maxtoki.model.builders" not in printed  # notices are not repeated by llm-foundry's root handler
+    assert all(line.startswith("stage 2 ") for line in printed.splitlines()), printed
+    progress = [line for line in printed.splitlines() if line.startswith("stage 2 batch ")]
+    assert len(progress) == 10 and progress[-1].startswith("stage 2 batch 16/16 (100%), ")
+    assert "elapsed, 00:00 left" in progress[-1]
+    total, next_cell, time_between = map(float, re.search(
+        r"; loss (\S+) \(NextCell (\S+), TimeBetweenCells (\S+)\)$", progress[-1]).groups())
+    assert total == pytest.approx(recent_mean(losses(trainer)), abs=1.5e-3)  # the mean of the last 10 batches
+    assert next_cell == pytest.approx(recent_mean(losses(trainer, "loss/train/next_cell"), skip_zeros=True),
+                                      abs=1.5e-3)
+    assert time_between == pytest.approx(recent_mean(losses(trainer, "loss/train/time_between_cells"),
+                                                     skip_zeros=True), abs=1.5e-3)
+    value = {k: float(v) for k, v in trainer.state.eval_metric_values.items()}
+    summary = (f"stage 2 eval at batch 16/16: TimeBetweenCells: MAE {value['TimelapseMAE']:.1f}, median error "
+               f"{value['TimelapseMedianAE']:.1f}, Pearson r {value['TimelapsePearson']:.2f}, spread "
+               f"{value['TimelapseSpread']:.1f}; next gene: cross-entropy {value['NextGeneCrossEntropy']:.3f}, "
+               f"accuracy {value['NextGeneAccuracy']:.3f}")
+    assert summary in printed.splitlines()
+
+
+def test_training_on_a_terminal_draws_one_bar_to_the_last_batch(stage1):
+    trainer, _ = stage1
+    printed = PRINTED["stage1"]
+    assert not re.search(r"loss/train|metrics/|\[batch=|Config:", printed)
+    drawn = re.split(r"[\r\n]", printed)
+    assert printed.count("\n") == 2, printed  # redrawn in place: the evaluation's line and the finished bar
+    bar = r"stage 1: 100%\|.*\| 16/16 \[\d\d:\d\d<00:00\], loss \d+\.\d{3}$"
+    final = [text for text in drawn if re.match(bar, text)]
+    assert final, printed[-500:]
+    assert float(re.search(r"loss (\S+)$", final[-1]).group(1)) == pytest.approx(recent_mean(losses(trainer)),
+                                                                                abs=1.5e-3)
+    value = {k: float(v) for k, v in trainer.state.eval_metric_values.items()}
+    assert (f"stage 1 eval at batch 16/16: next gene: cross-entropy {value['NextGeneCrossEntropy']:.3f}, "
+            f"accuracy {value['NextGeneAccuracy']:.3f}") in drawn
 
 
 def test_stage1_trains_on_packed_rows(tmp_path, hsmm_data):
@@ -259,7 +321,7 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     """Predictions of `maxtoki predict time` equal the model's read-out used in training and evaluation."""
     import pandas as pd
 
-    from maxtoki.data.cell_store import CellStore
+    from maxtoki.data.paragraphs.cell_store import CellStore
     from maxtoki.model.losses import numeric_readout
 
     _, checkpoint = stage2
@@ -408,7 +470,7 @@ def _rewrite_paragraphs(source, out, change):
 
     from streaming import MDSWriter
 
-    from maxtoki.data.cell_store import CellStore
+    from maxtoki.data.paragraphs.cell_store import CellStore
 
     shard = json.loads((Path(source) / "index.json").read_text())["shards"][0]
     columns = dict(zip(shard["column_names"], shard["column_encodings"]))
@@ -472,7 +534,7 @@ def test_inference_refuses_bad_input_with_clear_messages(tmp_path, capsys, hsmm_
 def test_embeddings_from_shards_and_from_h5ad_agree(tmp_path, hsmm_data, hsmm_path, hsmm_reference, stage1):
     import anndata as ad
 
-    from maxtoki.data.cell_store import CellStore
+    from maxtoki.data.paragraphs.cell_store import CellStore
     from maxtoki.inference.embed import embed_tokens
     from maxtoki.inference.export import load_composer_checkpoint
     from maxtoki.vocab import Vocabulary
@@ -503,7 +565,7 @@ def test_embeddings_from_shards_and_from_h5ad_agree(tmp_path, hsmm_data, hsmm_pa
 
 
 def test_generation_is_exact_with_the_kv_cache_and_respects_the_bans(tmp_path, hsmm_data, stage2):
-    from maxtoki.data.cell_store import CellStore
+    from maxtoki.data.paragraphs.cell_store import CellStore
     from maxtoki.inference.export import load_composer_checkpoint
     from maxtoki.inference.generate import Sampling, cells_to_anndata, generate_cells
     from maxtoki.vocab import Vocabulary

@@ -35,7 +35,7 @@ import pandas as pd
 from maxtoki.analysis.cells import AnalysisCells
 from maxtoki.analysis.prompts import ContextOptions, ContextSampler
 from maxtoki.analysis.timelapse import SharedContextPredictor
-from maxtoki.data.parallel import progress_bar
+from maxtoki.console import progress_bar
 from maxtoki.errors import MaxtokiError
 
 

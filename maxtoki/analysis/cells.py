@@ -46,7 +46,7 @@ def load_cells(data: str, columns: list[str], *, time_column: str, vocab: Vocabu
 def _from_anndata(path, columns, time_column, vocab, medians, model_input_size, gene_id_column, allow_non_integer):
     import anndata as ad
 
-    from maxtoki.data.tokenize import tokenize_anndata
+    from maxtoki.data.cells.tokenize import tokenize_anndata
 
     if vocab is None or not medians:
         raise MaxtokiError(f"{path}: an .h5ad is tokenized first; give --medians (and --vocab unless the "
@@ -70,7 +70,7 @@ def _from_anndata(path, columns, time_column, vocab, medians, model_input_size, 
 
 
 def _from_shards(location, columns):
-    from maxtoki.data.cell_store import CellStore
+    from maxtoki.data.paragraphs.cell_store import CellStore
 
     store = CellStore(location)
     if store.manifest.get("kind") != "maxtoki.cells":

@@ -22,7 +22,7 @@ import pandas as pd
 from maxtoki.analysis.cells import AnalysisCells
 from maxtoki.analysis.prompts import ContextOptions, ContextSampler
 from maxtoki.analysis.timelapse import SharedContextPredictor
-from maxtoki.data.parallel import progress_bar
+from maxtoki.console import progress_bar
 from maxtoki.errors import MaxtokiError
 
 MODES = ("delete", "overexpress")
@@ -167,8 +167,8 @@ def next_cell_changes(model, variants: list[np.ndarray], vocab, after: float, co
                       batch_size: int, device: str) -> list[float]:
     """1 - Jaccard overlap of the genes generated after each perturbed variant and after the unperturbed cell
     (``variants[0]``)."""
-    from maxtoki.data.blueprint import NEXT_CELL
-    from maxtoki.data.paragraphs import assemble, to_time_units
+    from maxtoki.data.paragraphs.blueprint import NEXT_CELL
+    from maxtoki.data.paragraphs.sampling import assemble, to_time_units
     from maxtoki.inference.generate import Sampling, generate_cells
 
     delta = int(to_time_units(np.array([after]), context.time_scale)[0])

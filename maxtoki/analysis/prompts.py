@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from maxtoki.analysis.cells import AnalysisCells
-from maxtoki.data.blueprint import TIME_BETWEEN_CELLS
-from maxtoki.data.paragraphs import assemble, to_time_units
+from maxtoki.data.paragraphs.blueprint import TIME_BETWEEN_CELLS
+from maxtoki.data.paragraphs.sampling import assemble, to_time_units
 from maxtoki.errors import MaxtokiError
 
 

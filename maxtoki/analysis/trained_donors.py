@@ -17,9 +17,9 @@ import numpy as np
 
 from maxtoki import storage
 from maxtoki.analysis.cells import AnalysisCells
-from maxtoki.data.blueprint import Blueprint
-from maxtoki.data.cell_store import CellStore
-from maxtoki.data.paragraph_build import BLUEPRINT_NAME, SPLITS_NAME
+from maxtoki.data.paragraphs.blueprint import Blueprint
+from maxtoki.data.paragraphs.build import BLUEPRINT_NAME, SPLITS_NAME
+from maxtoki.data.paragraphs.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
 
 

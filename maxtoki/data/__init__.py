@@ -1,13 +1,36 @@
-"""Data: reading and validating single-cell inputs, gene medians, rank value encoding, shards."""
+"""Data: single-cell inputs become cell tokens (``cells/``), then cell paragraphs (``paragraphs/``), written and
+read as MDS shards (``shards/``); ``loaders`` and ``packing`` feed training, ``simulate`` makes synthetic donors."""
 
-from maxtoki.data.encoding import EncodedCells, rank_value_encode
-from maxtoki.data.genes import GeneMapping, normalize_gene_id
-from maxtoki.data.medians import compute_medians, write_medians
-from maxtoki.data.sources import ReadOptions
-from maxtoki.data.tokenize import TokenizedCells, TokenizeOptions, load_medians, tokenize_anndata, tokenize_files
+from importlib import import_module
+
+from maxtoki.data.cells import (
+    EncodedCells,
+    GeneMapping,
+    ReadOptions,
+    TokenizedCells,
+    TokenizeOptions,
+    compute_medians,
+    load_medians,
+    normalize_gene_id,
+    rank_value_encode,
+    tokenize_anndata,
+    tokenize_files,
+    write_medians,
+)
+from maxtoki.data.simulate import SimulationOptions, simulate
+
+# Imported on first use, so that ``import maxtoki.data`` does not load stage 2.
+_LAZY = {"CellStore": "maxtoki.data.paragraphs", "ParagraphOptions": "maxtoki.data.paragraphs",
+         "build_paragraphs": "maxtoki.data.paragraphs"}
 
 __all__ = [
-    "EncodedCells", "GeneMapping", "ReadOptions", "TokenizeOptions", "TokenizedCells", "compute_medians",
-    "load_medians", "normalize_gene_id", "rank_value_encode", "tokenize_anndata", "tokenize_files",
-    "write_medians",
+    "CellStore", "EncodedCells", "GeneMapping", "ParagraphOptions", "ReadOptions", "SimulationOptions",
+    "TokenizeOptions", "TokenizedCells", "build_paragraphs", "compute_medians", "load_medians", "normalize_gene_id",
+    "rank_value_encode", "simulate", "tokenize_anndata", "tokenize_files", "write_medians",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_LAZY[name]), name)

@@ -8,7 +8,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from anndata.io import write_elem
 
 
 class BlockH5adWriter:
@@ -36,6 +35,8 @@ class BlockH5adWriter:
         self.nnz, self.n_cells = hi, self.n_cells + block.shape[0]
 
     def close(self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict | None = None) -> None:
+        from anndata.io import write_elem  # importing anndata takes 0.2 s; `import maxtoki.data` need not pay it
+
         if len(obs) != self.n_cells or len(var) != self.n_genes:
             raise ValueError("obs and var must match the matrix written")
         self.group.create_dataset("indptr", data=np.concatenate(self.indptr))

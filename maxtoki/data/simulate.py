@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from maxtoki.console import progress_bar
 from maxtoki.data.h5ad_writer import BlockH5adWriter
-from maxtoki.data.parallel import progress_bar
 from maxtoki.errors import MaxtokiError
 
 

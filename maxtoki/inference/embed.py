@@ -88,8 +88,8 @@ def embed(checkpoint: str, data: str, out: str | Path, *, medians: str | None = 
     import anndata as ad
     import pandas as pd
 
-    from maxtoki.data.cell_store import CellStore
-    from maxtoki.data.tokenize import tokenize_anndata
+    from maxtoki.data.cells.tokenize import tokenize_anndata
+    from maxtoki.data.paragraphs.cell_store import CellStore
     from maxtoki.inference.export import model_vocabulary
     from maxtoki.inference.predict_time import load_model
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from maxtoki.checkpoint_files import check_checkpoint_file
 from maxtoki.errors import MaxtokiError
-from maxtoki.vocab import Vocabulary
+from maxtoki.vocab import VOCAB_FILE, Vocabulary
 
 METADATA_NAME = "maxtoki.json"
-VOCAB_NAME = "vocab.json"
 
 
 def load_composer_checkpoint(checkpoint: str):
@@ -62,7 +61,7 @@ def model_vocabulary(checkpoint: str, vocab: str | None = None) -> Vocabulary:
     tokenize an .h5ad for a model (a Composer checkpoint holds only its vocabulary's checksum)."""
     if vocab:
         return Vocabulary.load(vocab)
-    path = Path(checkpoint) / VOCAB_NAME
+    path = Path(checkpoint) / VOCAB_FILE
     if path.exists():
         return Vocabulary.load(path)
     raise MaxtokiError("tokenizing an .h5ad needs the model's vocabulary: give --vocab (the vocab.json of the "
@@ -75,7 +74,7 @@ def write_model_directory(model, vocab: Vocabulary, out: str | Path, time_unit: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    vocab.save(out / VOCAB_NAME)
+    vocab.save(out / VOCAB_FILE)
     metadata = {
         "objective": settings.get("objective"),
         "label_scalar": settings.get("label_scalar"),

@@ -140,7 +140,7 @@ def generate(checkpoint: str, data: str, out, sampling: Sampling = Sampling(), b
 
     import pandas as pd
 
-    from maxtoki.data.blueprint import NEXT_CELL
+    from maxtoki.data.paragraphs.blueprint import NEXT_CELL
     from maxtoki.errors import MaxtokiError
     from maxtoki.inference.predict_time import evaluation_prompts, load_model
 
@@ -193,7 +193,7 @@ def _reference_cells(data: str, examples: list[dict], vocab: Vocabulary, locatio
     Cells named by the paragraphs' manifest that cannot be read are a reason to skip the evaluation;
     cells given explicitly (``location``) that cannot be read are an error.
     """
-    from maxtoki.data.cell_store import CellStore
+    from maxtoki.data.paragraphs.cell_store import CellStore
     from maxtoki.errors import MaxtokiError
 
     named = location or CellStore(data).manifest.get("cells", {}).get("location")

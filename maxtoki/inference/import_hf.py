@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 from maxtoki.errors import MaxtokiError
-from maxtoki.inference.export import VOCAB_NAME, write_model_directory
-from maxtoki.vocab import Vocabulary
+from maxtoki.inference.export import write_model_directory
+from maxtoki.vocab import VOCAB_FILE, Vocabulary
 
-VOCAB_CANDIDATES = (VOCAB_NAME, "token_dictionary.pkl", "token_dictionary.json")
+VOCAB_CANDIDATES = (VOCAB_FILE, "token_dictionary.pkl", "token_dictionary.json")
 
 
 def find_vocabulary(source: Path, vocab_path: str | Path | None) -> Vocabulary:

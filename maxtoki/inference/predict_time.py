@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from maxtoki.data.blueprint import TASK_NAMES, TIME_BETWEEN_CELLS
-from maxtoki.data.cell_store import CellStore
+from maxtoki.data.paragraphs.blueprint import TASK_NAMES, TIME_BETWEEN_CELLS
+from maxtoki.data.paragraphs.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
 from maxtoki.inference.donor_scores import donor_scores, donors_of, per_donor
 from maxtoki.inference.linear_baseline import linear_baseline

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from maxtoki.errors import MaxtokiError
 from maxtoki.model.sizes import count_parameters, llama_config
 from maxtoki.vocab import Vocabulary
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_attention(requested: str, head_dim: int) -> str:
@@ -51,9 +54,9 @@ def build_backbone(size: str, vocab: str, max_seq_len: int = 4096, rope_scaling:
         model = build_on(device, config)
     attach_param_init_fn(model)
     counts = count_parameters(config)
-    print(f"maxtoki: {size} model, {counts['total']:,} parameters ({counts['non_embedding']:,} without embeddings), "
-          f"vocabulary {len(vocabulary):,} padded to {config.vocab_size:,}, context {max_seq_len:,}, "
-          f"attention {config._attn_implementation}", flush=True)
+    logger.info(f"{size} model, {counts['total']:,} parameters ({counts['non_embedding']:,} without embeddings), "
+                f"vocabulary {len(vocabulary):,} padded to {config.vocab_size:,}, context {max_seq_len:,}, "
+                f"attention {config._attn_implementation}")
     return model, vocabulary
 
 

@@ -3,7 +3,8 @@
 ``model: {name: maxtoki_pretrain | maxtoki_temporal, ...}``,
 ``train_loader: {name: maxtoki_cells | maxtoki_paragraphs, ...}``, ``loggers: {wandb: ...}``, a
 WandBLogger that autoresume can run beside (see ``wandb_logger``), and
-``callbacks: {prune_remote_checkpoints: {keep: 3}}`` (see ``remote_checkpoints``).
+``callbacks: {prune_remote_checkpoints: {keep: 3}}`` (see ``remote_checkpoints``) and
+``callbacks: {training_progress: {label: stage 1}}`` (a progress bar and evaluation summaries, see ``progress``).
 Importing this module is enough (``scripts/train.py`` does it).
 """
 
@@ -11,6 +12,7 @@ from llmfoundry import registry
 
 from maxtoki.data.loaders import build_cells_loader, build_paragraphs_loader
 from maxtoki.model.composer_model import MaxTokiPretrainModel, MaxTokiTemporalModel
+from maxtoki.model.progress import TrainingProgress
 from maxtoki.model.wandb_logger import ResumableWandBLogger
 from maxtoki.remote_checkpoints import PruneRemoteCheckpoints
 
@@ -23,3 +25,5 @@ for _name, _builder in (("maxtoki_cells", build_cells_loader), ("maxtoki_paragra
 registry.loggers.register("wandb", func=ResumableWandBLogger)
 if "prune_remote_checkpoints" not in registry.callbacks:
     registry.callbacks.register("prune_remote_checkpoints", func=PruneRemoteCheckpoints)
+if "training_progress" not in registry.callbacks:
+    registry.callbacks.register("training_progress", func=TrainingProgress)

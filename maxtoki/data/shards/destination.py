@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import socket
@@ -25,9 +26,10 @@ from pathlib import Path
 from maxtoki import storage
 from maxtoki.errors import MaxtokiError
 
+logger = logging.getLogger(__name__)
+
 INDEX_NAME = "index.json"
 MANIFEST_NAME = "manifest.json"
-VOCAB_FILE = "vocab.json"  # every output carries its vocabulary, so it can be used wherever it is copied
 UNFINISHED_NAME = "_maxtoki_unfinished.json"  # while a run writes a remote output, or the outputs of splits
 
 
@@ -91,8 +93,8 @@ class ShardDestination:
         if existing and not self.overwrite:  # what an unfinished run left (``refuse_existing`` passed)
             marker = _read_marker(self.uri)
             _refuse_a_live_writer(self.uri, marker)
-            print(f"maxtoki: {self.uri}: removing the {_objects(len(existing))} of an unfinished run "
-                  f"({_started(marker)}) and writing the output again", file=sys.stderr, flush=True)
+            logger.warning(f"{self.uri}: removing the {_objects(len(existing))} of an unfinished run "
+                           f"({_started(marker)}) and writing the output again")
         if existing:
             storage.delete_prefix(self.uri)
         _write_marker(self.uri)
@@ -187,8 +189,7 @@ class SplitOutputs:
             for name in self.names:
                 ShardDestination(f"{self.uri}/{name}").refuse_existing(finished_ok=resuming)
         if resuming:
-            print(f"maxtoki: {self.uri}: replacing the splits of an unfinished run ({_started(marker)})",
-                  file=sys.stderr, flush=True)
+            logger.warning(f"{self.uri}: replacing the splits of an unfinished run ({_started(marker)})")
         _write_marker(self.uri)
         return self.overwrite or resuming
 

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maxtoki.data.chunks import CellChunk, ChunkReader, chunk_ranges, plan_parts
-from maxtoki.data.destination import VOCAB_FILE, ShardDestination
-from maxtoki.data.encoding import EncodedCells, rank_value_encode
-from maxtoki.data.genes import GeneMapping, GeneProjection, normalize_gene_id, project_genes
-from maxtoki.data.manifest import base_manifest, file_sha256
-from maxtoki.data.mds import mds_writer_class
-from maxtoki.data.parallel import run_parts
-from maxtoki.data.sources import AnnDataSource, CellSource, ReadOptions, expand_inputs, open_source
+from maxtoki.data.cells.chunks import CellChunk, ChunkReader, chunk_ranges, plan_parts
+from maxtoki.data.cells.encoding import EncodedCells, rank_value_encode
+from maxtoki.data.cells.genes import GeneMapping, GeneProjection, normalize_gene_id, project_genes
+from maxtoki.data.cells.sources import AnnDataSource, CellSource, ReadOptions, expand_inputs, open_source
+from maxtoki.data.shards.destination import ShardDestination
+from maxtoki.data.shards.manifest import base_manifest, file_sha256
+from maxtoki.data.shards.mds import mds_writer_class
+from maxtoki.data.shards.parallel import run_parts
 from maxtoki.errors import InputFileError, MaxtokiError
-from maxtoki.vocab import Vocabulary
+from maxtoki.vocab import VOCAB_FILE, Vocabulary
 
 KEPT = "kept"
 RESERVED_COLUMNS = ("input_ids", "length", "cell_id", "dataset", "time", "group")

@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from maxtoki import storage
-from maxtoki.data.blueprint import Blueprint
-from maxtoki.data.cell_store import CellIndex, CellStore, build_cell_index
-from maxtoki.data.destination import VOCAB_FILE, ShardDestination, SplitOutputs
-from maxtoki.data.manifest import base_manifest
-from maxtoki.data.mds import mds_writer_class
-from maxtoki.data.paragraphs import ParagraphOptions, assemble, sample_blueprint
-from maxtoki.data.parallel import run_parts
-from maxtoki.data.splits import HOLDOUT, VALIDATION, assign_groups, examples_per_split
+from maxtoki.data.paragraphs.blueprint import Blueprint
+from maxtoki.data.paragraphs.cell_store import CellIndex, CellStore, build_cell_index
+from maxtoki.data.paragraphs.sampling import ParagraphOptions, assemble, sample_blueprint
+from maxtoki.data.paragraphs.splits import HOLDOUT, VALIDATION, assign_groups, examples_per_split
+from maxtoki.data.shards.destination import ShardDestination, SplitOutputs
+from maxtoki.data.shards.manifest import base_manifest
+from maxtoki.data.shards.mds import mds_writer_class
+from maxtoki.data.shards.parallel import run_parts
 from maxtoki.errors import MaxtokiError
-from maxtoki.vocab import Vocabulary
+from maxtoki.vocab import VOCAB_FILE, Vocabulary
 
 BLUEPRINT_NAME = "blueprint.npz"
 SPLITS_NAME = "splits.json"

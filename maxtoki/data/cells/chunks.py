@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from maxtoki.data.genes import GeneProjection
-from maxtoki.data.sources import CellSource
+from maxtoki.data.cells.genes import GeneProjection
+from maxtoki.data.cells.sources import CellSource
 from maxtoki.errors import InputFileError
 
 

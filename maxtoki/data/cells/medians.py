@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from maxtoki.data.chunks import CellChunk, ChunkReader, chunk_ranges, plan_parts
-from maxtoki.data.encoding import TARGET_SUM
-from maxtoki.data.genes import GeneMapping, project_genes
-from maxtoki.data.parallel import run_parts
-from maxtoki.data.sketch import MedianSketch
-from maxtoki.data.sources import ReadOptions, expand_inputs, open_source
+from maxtoki.data.cells.chunks import CellChunk, ChunkReader, chunk_ranges, plan_parts
+from maxtoki.data.cells.encoding import TARGET_SUM
+from maxtoki.data.cells.genes import GeneMapping, project_genes
+from maxtoki.data.cells.sketch import MedianSketch
+from maxtoki.data.cells.sources import ReadOptions, expand_inputs, open_source
+from maxtoki.data.shards.parallel import run_parts
 
 PART_CELLS = 16_384
 

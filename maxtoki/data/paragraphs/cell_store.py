@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from maxtoki import storage
-from maxtoki.data.destination import INDEX_NAME, MANIFEST_NAME, VOCAB_FILE
-from maxtoki.data.mds import _import_without_package_init
+from maxtoki.data.shards.destination import INDEX_NAME, MANIFEST_NAME
+from maxtoki.data.shards.mds import _import_without_package_init
 from maxtoki.errors import MaxtokiError
 
 
@@ -50,7 +50,7 @@ class CellStore:
 
     def vocabulary(self):
         """The vocabulary stored beside the shards (or, for older outputs, the file its manifest names)."""
-        from maxtoki.vocab import Vocabulary
+        from maxtoki.vocab import VOCAB_FILE, Vocabulary
 
         recorded = self.manifest.get("vocabulary", {})
         try:

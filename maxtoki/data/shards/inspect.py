@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from maxtoki import storage
-from maxtoki.data.blueprint import TASK_NAMES
-from maxtoki.data.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import Vocabulary
 
@@ -26,6 +24,8 @@ def read_manifest(path: str) -> dict:
 
 def describe_shards(path: str, vocab_path: str | None = None, n_examples: int = 3) -> str:
     """Summary of cell shards or paragraph shards (chosen by the manifest's kind)."""
+    from maxtoki.data.paragraphs.cell_store import CellStore  # shards/ sits below the stages that read through it
+
     manifest = read_manifest(path)
     vocab_file = vocab_path or manifest.get("vocabulary", {}).get("path")
     vocab = Vocabulary.load(vocab_file) if vocab_file and Path(vocab_file).exists() else None
@@ -60,6 +60,8 @@ def _describe_cells(path, manifest, store, vocab, n_examples) -> str:
 
 
 def _describe_paragraphs(path, manifest, store, vocab, n_examples) -> str:
+    from maxtoki.data.paragraphs.blueprint import TASK_NAMES
+
     counts = manifest.get("counts", {})
     lines = [f"{manifest.get('kind', 'maxtoki.paragraphs').split('.')[-1]} shards at {path}",
              f"  examples: {len(store):,}; tokens: {manifest.get('tokens', 0):,}; columns: "

@@ -14,15 +14,16 @@ from collections import Counter
 
 import numpy as np
 
-from maxtoki.data.blueprint import TIME_BETWEEN_CELLS
-from maxtoki.data.cell_store import CellStore, build_cell_index
-from maxtoki.data.destination import VOCAB_FILE, ShardDestination
-from maxtoki.data.manifest import base_manifest
-from maxtoki.data.mds import mds_writer_class
-from maxtoki.data.paragraph_build import paragraph_columns
-from maxtoki.data.paragraphs import assemble, to_time_units
-from maxtoki.data.parallel import progress_bar
+from maxtoki.console import progress_bar
+from maxtoki.data.paragraphs.blueprint import TIME_BETWEEN_CELLS
+from maxtoki.data.paragraphs.build import paragraph_columns
+from maxtoki.data.paragraphs.cell_store import CellStore, build_cell_index
+from maxtoki.data.paragraphs.sampling import assemble, to_time_units
+from maxtoki.data.shards.destination import ShardDestination
+from maxtoki.data.shards.manifest import base_manifest
+from maxtoki.data.shards.mds import mds_writer_class
 from maxtoki.errors import MaxtokiError
+from maxtoki.vocab import VOCAB_FILE
 
 
 def build_queries(paragraphs: str, other_cells: str, out: str, *, match_time_tolerance: float = 0.0,

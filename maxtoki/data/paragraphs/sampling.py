@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from maxtoki.data.blueprint import NEXT_CELL, TIME_BETWEEN_CELLS, Blueprint
-from maxtoki.data.cell_store import CellIndex
+from maxtoki.data.paragraphs.blueprint import NEXT_CELL, TIME_BETWEEN_CELLS, Blueprint
+from maxtoki.data.paragraphs.cell_store import CellIndex
 from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import Vocabulary
 

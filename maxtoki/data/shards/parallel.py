@@ -12,12 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from tqdm import tqdm
-
-
-def progress_bar(total: int, desc: str, unit: str = "cells"):
-    """A bar on interactive terminals; silent in logs and tests."""
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=None, dynamic_ncols=True)
+from maxtoki.console import progress_bar
 
 
 def run_parts(worker: Callable, tasks: Sequence, workers: int, total: int, desc: str) -> Iterator:
