@@ -2,14 +2,16 @@
 tokens they should, the cached-context read-out equals full prompts, pairs are age-matched with contexts
 from other control donors, the estimator recovers a planted shift, the crossed bootstrap over case and
 control donors holds the truth where a case-only one does not, and bad input is refused. A tiny model
-trained for seconds finds a planted age shift, and no shift where none was planted, querying only control
-donors it did not train on (tests/test_analysis_validation.py: a larger model, slow)."""
+trained for seconds reads time and next cells of donors it did not train on (tests/test_learning.py: larger,
+slow) and finds a planted age shift, and no shift where none was planted, querying only control donors it did
+not train on (tests/test_analysis_validation.py: a larger model, slow)."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.held_out_baselines import held_out_baselines
 from helpers.planted_shift import DISEASE_DONORS, DONORS, SHIFT, age_acceleration, train_on_simulated_donors
 
 from maxtoki.analysis.age_acceleration import AccelerationOptions, PairArrays, bootstrap, estimate
@@ -187,6 +189,19 @@ def test_a_trained_model_finds_the_planted_age_shift_and_none_where_none_was_pla
             f"{len(groups['train'])} trained control donors left out") in printed
 
 
+def test_the_fast_model_reads_time_and_next_cells_of_held_out_donors(planted):
+    """The fast counterpart of tests/test_learning.py on the fixture's own evaluation (p/val: control donors it
+    never trained on). Recorded (benchmarks/README.md, "Learning"): median error 0.37 x the training-mean
+    baseline's (0.30 at seed 2), 0.42 nats under the unigram cross-entropy (0.29); a model three times worse
+    fails."""
+    metrics = json.loads((planted / "eval_metrics.json").read_text())
+    median_baseline, unigram = held_out_baselines(str(planted / "p/train"), str(planted / "p/val"),
+                                                  Vocabulary.load(planted / "v.json"))
+    assert metrics["TimelapseMedianAE"] <= 0.6 * median_baseline
+    assert metrics["TimelapsePearson"] >= 0.8
+    assert metrics["NextGeneCrossEntropy"] <= unigram - 0.15
+
+
 def test_the_donors_a_model_trained_on_are_read_from_its_paragraphs(planted):
     from maxtoki.analysis.cells import load_cells
     from maxtoki.analysis.trained_donors import trained_donors
@@ -257,6 +272,44 @@ def test_perturb_screens_genes_over_cells_from_shards(simulated):
     assert shifts["next_cell_change"].between(0, 1).all()
     assert first["mean_next_cell_change"] == pytest.approx(
         shifts[(shifts["mode"] == first["mode"]) & (shifts["gene"] == first["gene"])]["next_cell_change"].mean())
+
+
+def test_a_perturbation_shift_is_the_whole_perturbed_prompt_read_out_minus_the_original(simulated):
+    """Each shift in shifts.csv, recomputed from what the files say: the context cells of contexts.csv, the query
+    cell with the gene deleted or moved to the top, read as whole prompts (no shared context)."""
+    from transformers import LlamaForCausalLM
+
+    from maxtoki.analysis.cells import load_cells
+    from maxtoki.data.paragraphs.blueprint import TIME_BETWEEN_CELLS
+    from maxtoki.data.paragraphs.sampling import assemble
+    from maxtoki.inference.predict_time import predict
+
+    out = simulated / "perturb-by-value"
+    cli("analyze", "perturb", "--checkpoint", simulated / "model", "--data", simulated / "cells", "--donor-column",
+        "donor", "--top-genes", 3, "--query-cells", 2, "--query-where", "condition=control", "--context-where",
+        "condition=control", "--time-scale", 1 / 12, "--seed", 4, "--out", out)
+    shifts, contexts = pd.read_csv(out / "shifts.csv"), pd.read_csv(out / "contexts.csv")
+    cells = load_cells(str(simulated / "cells"), [], time_column="age")
+    model = LlamaForCausalLM.from_pretrained(simulated / "model").eval()
+    position = {cell_id: i for i, cell_id in enumerate(cells.obs.index)}
+    months = cells.obs["time"].to_numpy(dtype=float)
+
+    def read_out(context_ids: list[str], query: np.ndarray) -> float:
+        context = [position[c] for c in context_ids]
+        times = np.floor(np.append(months[context], months[context[-1]]) / 12 + 0.5).astype(int)  # years, rounded
+        prompt, _, _ = assemble([cells.input_ids[c] for c in context] + [query], times, TIME_BETWEEN_CELLS,
+                                cells.vocab, model.config.max_position_embeddings)
+        return float(predict(model, [{"prompt_ids": prompt}], cells.vocab).expected[0]) * 12  # months
+
+    assert len(shifts) >= 6 and set(shifts["mode"]) == {"delete", "overexpress"}
+    for row in shifts.itertuples():
+        context_ids = contexts.loc[contexts["cell_id"] == row.cell_id, "context_cells"].item().split(";")
+        cell = np.asarray(cells.input_ids[position[row.cell_id]])
+        gene = cells.vocab[row.gene]
+        changed = delete(cell, gene) if row.mode == "delete" else overexpress(cell, gene, cells.max_length)
+        original = read_out(context_ids, cell)
+        assert row.baseline == pytest.approx(original, abs=1e-3)
+        assert row.shift == pytest.approx(read_out(context_ids, changed) - original, abs=1e-3)
 
 
 def test_several_contexts_per_cell_average_the_shift_over_contexts_from_distinct_donors(simulated):

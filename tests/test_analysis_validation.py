@@ -1,8 +1,9 @@
 """The analyses recover planted effects: a tiny model trained on simulated control donors finds the age
 shift of the disease donors within its confidence interval (querying only control donors it did not train
 on, with a bootstrap over case and control donors), and ranks the planted age-driver genes above genes
-without an age effect when they are overexpressed. tests/test_analysis.py has a smaller, fast version of
-the first."""
+without an age effect when they are deleted or overexpressed. The fast counterparts in the default run:
+tests/test_analysis.py (a smaller model, the shift) and the reduced analysis tutorial (the overexpression
+screen); tests/helpers/counterparts.py lists them."""
 
 import json
 from pathlib import Path
@@ -71,9 +72,11 @@ def test_age_acceleration_recovers_the_planted_shift(trained, capsys):
     assert low <= SHIFT <= high
     assert low > 0  # the acceleration is found, not only consistent with the truth
     assert summary["acceleration"] > SHIFT / 2  # the raw estimate is shrunk by the slope, not lost
+    # benchmarks/README.md ("Age acceleration"): 61.9 [38.9, 81.8], 43 months wide; three times as wide fails
+    assert high - low <= 70
 
 
-def test_overexpressing_planted_drivers_moves_predicted_age_more_than_random_genes(trained, capsys):
+def test_perturbing_planted_drivers_moves_predicted_age_more_than_genes_without_an_age_effect(trained, capsys):
     from sklearn.metrics import roc_auc_score
 
     var = ad.read_h5ad(trained / "sim.h5ad", backed="r").var
@@ -87,4 +90,6 @@ def test_overexpressing_planted_drivers_moves_predicted_age_more_than_random_gen
              for mode, rows in effects.groupby("mode")}
     with capsys.disabled():
         print(f"\nAUROC of |shift|, 20 planted drivers vs 40 genes without an age effect: {auroc}")
-    assert auroc["overexpress"] >= 0.7
+    # benchmarks/README.md ("In-silico perturbation"): this fixture's model scores deletion 0.77 and overexpression
+    # 0.88 (the perturbation benchmark's model 0.87-0.92 and 0.73); a third of the lead over chance fails
+    assert auroc["delete"] >= 0.65 and auroc["overexpress"] >= 0.7

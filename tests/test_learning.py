@@ -3,11 +3,10 @@ predicts timelapses far better than the training-mean Δ and next cells better t
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers.held_out_baselines import held_out_baselines
 
 from maxtoki.cli import main as cli_main
-from maxtoki.data.cell_store import CellStore
 from maxtoki.training import train_from_recipe
 from maxtoki.vocab import Vocabulary
 
@@ -18,32 +17,15 @@ def cli(*argv):
     assert cli_main([str(a) for a in argv]) == 0
 
 
-def baselines(train: str, val: str, vocab: Vocabulary) -> tuple[float, float]:
-    """Median |Δ - training mean Δ| on validation, and the unigram cross-entropy of validation responses."""
-    def split(path):
-        deltas, genes = [], []
-        for example in CellStore(path):
-            if example["task"] == 1:
-                deltas.append(example["timelapse"])
-            else:
-                genes.append(example["input_ids"][example["prompt_length"]:])
-        return np.array(deltas, dtype=float), np.concatenate(genes).astype(int)
-
-    train_deltas, train_genes = split(train)
-    val_deltas, val_genes = split(val)
-    median_error = float(np.median(np.abs(val_deltas - train_deltas.mean())))
-    frequencies = np.bincount(train_genes, minlength=len(vocab)) + 1.0
-    unigram = float(-np.log(frequencies[val_genes] / frequencies.sum()).mean())
-    return median_error, unigram
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("timepoints, max_seq_len, batches, target", [
-    (2, 256, 600, 0.7),  # pairs of cells
-    (4, 320, 800, 0.5),  # the paper's prompt shape: 3-4 cells, the last the query
+# Thresholds near benchmarks/README.md ("Learning"), so that a model three times worse fails: pairs reach a median
+# error of 0.21 x the baseline's and 0.26 nats under the unigram cross-entropy; 3-4 cells 0.37 x and 0.40 nats.
+@pytest.mark.parametrize("timepoints, max_seq_len, batches, error_share, nats_gained", [
+    (2, 256, 600, 0.4, 0.1),  # pairs of cells
+    (4, 320, 800, 0.5, 0.15),  # the paper's prompt shape: 3-4 cells, the last the query
 ], ids=["pairs", "3-4 cells"])
 def test_stage2_learns_time_and_next_cells_on_held_out_donors(tmp_path, capsys, timepoints, max_seq_len, batches,
-                                                              target):
+                                                              error_share, nats_gained):
     cli("data", "simulate", "--out", tmp_path / "sim.h5ad", "--donors", 40, "--ages-per-donor", 6,
         "--cells-per-sample", 20, "--genes", 400, "--seed", 1)
     cli("data", "medians", tmp_path / "sim.h5ad", "--out", tmp_path / "m.json")
@@ -61,14 +43,15 @@ def test_stage2_learns_time_and_next_cells_on_held_out_donors(tmp_path, capsys, 
         "model.label_scalar=20", "model.additive_penalty=1",
         "model.config_overrides={hidden_size: 128, intermediate_size: 256, num_hidden_layers: 4}",
         f"max_duration={batches}ba", f"eval_interval={batches}ba", "eval_subset_num_batches=-1",
-        "global_train_batch_size=16", "device_train_microbatch_size=16", "optimizer.lr=0.001", "scheduler.t_warmup=20ba",
+        "global_train_batch_size=16", "device_train_microbatch_size=16", "optimizer.lr=0.001",
+        "scheduler.t_warmup=20ba",
         f"save_folder={tmp_path / 'run'}", f"save_interval={batches}ba", "console_log_interval=1000ba"])
     metrics = {k: float(v) for k, v in trainer.state.eval_metric_values.items()}
-    median_baseline, unigram = baselines(str(tmp_path / "p/train"), str(tmp_path / "p/val"),
+    median_baseline, unigram = held_out_baselines(str(tmp_path / "p/train"), str(tmp_path / "p/val"),
                                          Vocabulary.load(tmp_path / "v.json"))
     with capsys.disabled():
         print(f"\nheld-out donors: TimeBetweenCells median |error| {metrics['TimelapseMedianAE']:.2f} years "
               f"(training-mean baseline {median_baseline:.2f}), Pearson {metrics['TimelapsePearson']:.3f}; "
               f"NextCell cross-entropy {metrics['NextGeneCrossEntropy']:.3f} (unigram baseline {unigram:.3f})")
-    assert metrics["TimelapseMedianAE"] <= target * median_baseline
-    assert metrics["NextGeneCrossEntropy"] < unigram - 0.1
+    assert metrics["TimelapseMedianAE"] <= error_share * median_baseline
+    assert metrics["NextGeneCrossEntropy"] <= unigram - nats_gained

@@ -6,16 +6,17 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-# The quickstart trains the demo's model (about five minutes here); the default run trains the smaller one
-# that tests/test_pipeline.py guards (128-token cells, 400 stage-2 batches: about one minute) and checks
-# that it still beats the training-mean baseline. The analysis tutorial takes about three minutes; the
+# The quickstart trains the demo's model (about five minutes here) and must beat a baseline; the default run
+# trains a far smaller one (64-token cells, 50 + 100 batches: about 20 s) to run every cell, and leaves the
+# check that the pipeline learns to tests/test_pipeline.py. The analysis tutorial takes about three minutes; the
 # default run uses the recipe of the fast age-acceleration test (tests/helpers/planted_shift.py: 60 donors,
 # 32-token cells, a 2 x 64 model) and checks that both planted effects are still found. `-m slow` runs the
 # notebooks exactly as shipped.
 QUICKSTART_OPTIONS = 'PipelineOptions(time_column="hours", allow_non_integer=True, min_expression=0.1'
 ANALYSIS_SIZE = ("SIZE = dict(donors=48, disease_donors=12, ages=6, cells_per_sample=20, genes=400, cell_tokens=64, "
                  "width=128, layers=4,\n            batches=600, lr=0.001, pairs=300, query_cells=100)")
-REDUCED = {"quickstart": (QUICKSTART_OPTIONS, QUICKSTART_OPTIONS + ", cell_length=128, temporal_batches=400"),
+REDUCED = {"quickstart": (QUICKSTART_OPTIONS, QUICKSTART_OPTIONS + ", cell_length=64, examples=1000, "
+                                                                   "pretrain_batches=50, temporal_batches=100"),
            "analysis": (ANALYSIS_SIZE, "SIZE = dict(donors=60, disease_donors=15, ages=4, cells_per_sample=6, "
                                        "genes=200, cell_tokens=32, width=64, layers=2, batches=600, lr=0.002, "
                                        "pairs=800, query_cells=100)")}
@@ -58,7 +59,9 @@ def test_tutorial_runs(notebook, reduced, tmp_path):
     errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert any(o.get("data", {}).get("image/png") for cell in nb.cells for o in cell.get("outputs", []))
-    if notebook.stem == "quickstart":  # the model it trains places held-out cells in time
+    if notebook.stem == "quickstart":
         printed = "".join(o["text"] for cell in nb.cells if "scores_table(metrics" in cell.source
                           for o in cell.outputs if o.get("name") == "stdout")
-        assert "The model beats" in printed and "does not beat" not in printed
+        assert "Time between two held-out cells" in printed
+        if not reduced:  # the demo's model places held-out cells in time: 24 h MAE against 40.7 h (training mean)
+            assert "The model beats" in printed and "does not beat" not in printed

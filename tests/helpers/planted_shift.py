@@ -29,7 +29,8 @@ def cli(*argv) -> None:
 
 def train_on_simulated_donors(root: Path, seed: int) -> Path:
     """Simulate, tokenize, make paragraphs and train; returns ``root`` (cells in shifted-cells/ and null-cells/,
-    training paragraphs in p/train, the model in run/latest-rank0.pt)."""
+    training paragraphs in p/train, the model in run/latest-rank0.pt, its evaluation on the held-out control
+    donors' paragraphs p/val in eval_metrics.json)."""
     import torch
 
     from maxtoki.training import train_from_recipe
@@ -51,7 +52,7 @@ def train_on_simulated_donors(root: Path, seed: int) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_from_recipe(str(ROOT / "configs/temporal/tiny-cpu.yaml"), [
+        trainer = train_from_recipe(str(ROOT / "configs/temporal/tiny-cpu.yaml"), [
             f"variables.data={root / 'p/train'}", f"variables.eval_data={root / 'p/val'}",
             f"variables.vocab={root / 'v.json'}", "load_path=null", "max_seq_len=128", "model.rope_scaling=null",
             "model.label_scalar=20", "model.additive_penalty=1",
@@ -62,6 +63,8 @@ def train_on_simulated_donors(root: Path, seed: int) -> Path:
             f"seed={seed}"])
     finally:
         torch.set_num_threads(threads)
+    metrics = {name: float(value) for name, value in trainer.state.eval_metric_values.items()}
+    (root / "eval_metrics.json").write_text(json.dumps(metrics))
     return root
 
 
