@@ -93,11 +93,11 @@ def build_model(work: Path, seed: int, cell_length: int, chunk: int) -> Path | N
 def load(work: Path, seed: int, cell_length: int):
     """The trained model, the cells, and the planted truth."""
     from maxtoki.analysis.cells import load_cells
-    from maxtoki.inference.predict_time import load_model
+    from maxtoki.inference import load_model
 
     root = model_dir(work, seed, cell_length)
     cells = load_cells(str(root / "cells"), ["donor", "condition", "cell_type"], time_column="age")
-    model = load_model(str(root / "run/latest-rank0.pt"), cells.vocab)
+    model, _ = load_model(str(root / "run/latest-rank0.pt"), cells.vocab)
     return model, cells, planted(work, seed, cell_length)
 
 

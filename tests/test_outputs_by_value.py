@@ -181,6 +181,36 @@ def test_embed_reads_gene_ids_from_a_var_column(world):
     np.testing.assert_array_equal(by_column.obsm["X_maxtoki"], by_index.obsm["X_maxtoki"])
 
 
+def test_a_model_loaded_once_gives_what_its_directory_gives_to_predict_generate_and_embed(world, tmp_path):
+    """load_model, then the library functions with the loaded model: the same files as the commands given the
+    model directory; a loaded model is checked against the data's vocabulary as a checkpoint path is."""
+    from maxtoki.errors import MaxtokiError
+    from maxtoki.inference import embed, generate, load_model, predict_time
+    from maxtoki.inference.loading import model_for
+
+    root, vocab = world
+    model, loaded_vocab = load_model(root / "model")
+    assert loaded_vocab.sha256 == vocab.sha256 and not model.training
+    predict_time(model, str(root / "eval/test"), tmp_path / "loaded-pred", train_data=str(root / "p/train"))
+    cli("predict", "time", "--checkpoint", root / "model", "--data", root / "eval/test", "--train-data",
+        root / "p/train", "--out", tmp_path / "pred")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "loaded-pred/predictions.csv"),
+                                  pd.read_csv(tmp_path / "pred/predictions.csv"))
+    generate(model, str(root / "eval/test"), tmp_path / "loaded-gen", evaluate=False)
+    cli("generate", "--checkpoint", root / "model", "--data", root / "eval/test", "--out", tmp_path / "gen",
+        "--no-evaluate")
+    assert (tmp_path / "loaded-gen/tokens.jsonl").read_text() == (tmp_path / "gen/tokens.jsonl").read_text()
+    embed(model, str(root / "sim.h5ad"), tmp_path / "loaded.h5ad", medians=str(root / "m.json"), vocab=loaded_vocab)
+    cli("embed", "--checkpoint", root / "model", "--medians", root / "m.json", "--data", root / "sim.h5ad",
+        "--out", tmp_path / "path.h5ad")
+    np.testing.assert_array_equal(ad.read_h5ad(tmp_path / "loaded.h5ad").obsm["X_maxtoki"],
+                                  ad.read_h5ad(tmp_path / "path.h5ad").obsm["X_maxtoki"])
+    other = Vocabulary.build(vocab.genes[:-1], max_time=100)
+    for given in (model, root / "model"):
+        with pytest.raises(MaxtokiError, match="the model was trained with another vocabulary than the data's"):
+            model_for(given, other)
+
+
 def temporal_overrides(root: Path, save_folder: str, batches: int) -> list[str]:
     """Stage 2 from the imported model as docs/training.md shows it (``model.pretrained=DIR load_path=null``)."""
     return [f"variables.data={root / 'p/train'}", f"variables.vocab={root / 'v.json'}",

@@ -334,10 +334,12 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     examples = [e for e in CellStore(str(tmp_path / "eval")) if e["task"] == 1]
     assert len(table) == len(examples) > 5
     assert table["true_timelapse"].tolist() == [int(e["timelapse"]) for e in examples]
-    from maxtoki.inference.export import load_composer_checkpoint
-    from maxtoki.vocab import Vocabulary
+    from maxtoki.errors import MaxtokiError
+    from maxtoki.inference import load_model
 
-    model, vocab = load_composer_checkpoint(str(checkpoint)), Vocabulary.load(hsmm_data["vocab"])
+    with pytest.raises(MaxtokiError, match="a Composer checkpoint holds only its vocabulary's checksum; give the "):
+        load_model(str(checkpoint))
+    model, vocab = load_model(str(checkpoint), hsmm_data["vocab"])
     ids = torch.as_tensor(examples[0]["prompt_ids"].astype(np.int64))[None]
     with torch.no_grad():
         expected, _ = numeric_readout(model(input_ids=ids).logits[:, -1], torch.as_tensor(vocab.numeric_ids),
@@ -535,9 +537,7 @@ def test_embeddings_from_shards_and_from_h5ad_agree(tmp_path, hsmm_data, hsmm_pa
     import anndata as ad
 
     from maxtoki.data.paragraphs.cell_store import CellStore
-    from maxtoki.inference.embed import embed_tokens
-    from maxtoki.inference.export import load_composer_checkpoint
-    from maxtoki.vocab import Vocabulary
+    from maxtoki.inference import embed_tokens, load_model
 
     _, checkpoint = stage1
     _, medians = hsmm_reference
@@ -555,8 +555,7 @@ def test_embeddings_from_shards_and_from_h5ad_agree(tmp_path, hsmm_data, hsmm_pa
     assert np.allclose(ad.read_h5ad(tmp_path / "with_vocab.h5ad").obsm["X_maxtoki"], direct.obsm["X_maxtoki"],
                        atol=1e-6)
     # the pooling: mean over gene tokens of the final hidden states
-    vocab = Vocabulary.load(hsmm_data["vocab"])
-    model = load_composer_checkpoint(str(checkpoint))
+    model, vocab = load_model(str(checkpoint), hsmm_data["vocab"])
     ids = torch.as_tensor(CellStore(hsmm_data["cells"])[0]["input_ids"].astype(np.int64))[None]
     with torch.no_grad():
         states = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
@@ -566,15 +565,13 @@ def test_embeddings_from_shards_and_from_h5ad_agree(tmp_path, hsmm_data, hsmm_pa
 
 def test_generation_is_exact_with_the_kv_cache_and_respects_the_bans(tmp_path, hsmm_data, stage2):
     from maxtoki.data.paragraphs.cell_store import CellStore
-    from maxtoki.inference.export import load_composer_checkpoint
-    from maxtoki.inference.generate import Sampling, cells_to_anndata, generate_cells
-    from maxtoki.vocab import Vocabulary
+    from maxtoki.inference import Sampling, cells_to_anndata, generate_cells, load_model
 
     _, checkpoint = stage2
     cli("data", "paragraphs", hsmm_data["cells"], "--out", tmp_path / "eval", "--eval", "--num-examples", 12,
         "--max-seq-len", 512, "--seed", 3, "--task-ratio", 0)
     prompts = [e["prompt_ids"] for e in CellStore(str(tmp_path / "eval"))][:4]
-    model, vocab = load_composer_checkpoint(str(checkpoint)), Vocabulary.load(hsmm_data["vocab"])
+    model, vocab = load_model(str(checkpoint), hsmm_data["vocab"])
     greedy = Sampling(max_new_tokens=40)
     cached = generate_cells(model, prompts, vocab, greedy, batch_size=4)
     naive = [generate_cells(model, [p], vocab, greedy, use_cache=False)[0] for p in prompts]

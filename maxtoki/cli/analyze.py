@@ -79,18 +79,17 @@ def _analysis_inputs(args, columns: list[str]):
     """The model and the cells of an analysis command, checked against each other."""
     from maxtoki.analysis.cells import load_cells
     from maxtoki.analysis.prompts import ContextOptions
-    from maxtoki.inference.export import model_vocabulary
-    from maxtoki.inference.predict_time import load_model
+    from maxtoki.inference.loading import load_model, model_vocabulary
 
     h5ad = str(args.data).endswith(".h5ad")
     vocab = model_vocabulary(args.checkpoint, args.vocab) if h5ad else None
-    model = load_model(args.checkpoint, vocab) if vocab else None
+    model = load_model(args.checkpoint, vocab)[0] if vocab else None
     cells = load_cells(args.data, [args.donor_column, *args.match_columns, *columns], time_column=args.time_column,
                        vocab=vocab, medians=args.medians, gene_id_column=args.gene_id_column,
                        allow_non_integer=args.allow_non_integer,
                        model_input_size=args.model_input_size or (
                            model.config.max_position_embeddings // (args.context_cells + 1) if model else 4096))
-    model = model or load_model(args.checkpoint, cells.vocab)
+    model = model or load_model(args.checkpoint, cells.vocab)[0]
     return model, cells, ContextOptions(args.donor_column, tuple(args.match_columns), args.context_cells,
                                         args.time_scale)
 

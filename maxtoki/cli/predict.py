@@ -100,7 +100,7 @@ def _run_generate(args) -> None:
 def _run_embed(args) -> None:
     from maxtoki.inference.embed import EMBEDDING_KEY, embed
 
-    out = embed(args.checkpoint, args.data, args.out, medians=args.medians, vocab_path=args.vocab,
+    out = embed(args.checkpoint, args.data, args.out, medians=args.medians, vocab=args.vocab,
                 gene_id_column=args.gene_id_column, allow_non_integer=args.allow_non_integer,
                 min_expression=args.min_expression, batch_size=args.batch_size, device=args.device)
     print(f"wrote {out} with obsm[{EMBEDDING_KEY!r}]; in scanpy: sc.pp.neighbors(adata, use_rep={EMBEDDING_KEY!r})")

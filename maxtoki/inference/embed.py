@@ -80,26 +80,28 @@ def _batches(cells: list[np.ndarray], batch_size: int, limit: int, pad_id: int, 
             yield torch.as_tensor([i for row in chosen for i in row]), batch
 
 
-def embed(checkpoint: str, data: str, out: str | Path, *, medians: str | None = None, vocab_path: str | None = None,
-          gene_id_column: str | None = None, allow_non_integer: bool = False, min_expression: float = 0.0,
-          batch_size: int = 16, device: str = "cpu") -> Path:
-    """Embed the cells of an .h5ad (tokenized here, with ``medians`` and the model's vocabulary) or of cell
-    shards; write an .h5ad."""
+def embed(model, data: str, out: str | Path, *, medians: str | None = None,
+          vocab: Vocabulary | str | Path | None = None, gene_id_column: str | None = None,
+          allow_non_integer: bool = False, min_expression: float = 0.0, batch_size: int = 16,
+          device: str = "cpu") -> Path:
+    """Embed the cells of an .h5ad (tokenized here, with ``medians`` and the model's vocabulary: ``vocab``, by
+    default a model directory's vocab.json) or of cell shards; write an .h5ad. ``model``: a checkpoint path or a
+    model from ``load_model``."""
     import anndata as ad
     import pandas as pd
 
     from maxtoki.data.cells.tokenize import tokenize_anndata
     from maxtoki.data.paragraphs.cell_store import CellStore
-    from maxtoki.inference.export import model_vocabulary
-    from maxtoki.inference.predict_time import load_model
+    from maxtoki.inference.loading import model_for, model_name, model_vocabulary
 
+    source = model_name(model)
     if str(data).endswith(".h5ad"):
         if not medians:
             raise MaxtokiError("embedding an .h5ad tokenizes it first: give --medians (and the options used for "
                                "the training data)")
-        vocab = model_vocabulary(checkpoint, vocab_path)
+        vocab = model_vocabulary(model, vocab)
         adata = ad.read_h5ad(data)
-        model = load_model(checkpoint, vocab)
+        model = model_for(model, vocab)
         cells = tokenize_anndata(adata, vocab, medians, gene_id_column=gene_id_column,
                                  allow_non_integer=allow_non_integer, min_expression=min_expression,
                                  model_input_size=model.config.max_position_embeddings)
@@ -112,12 +114,12 @@ def embed(checkpoint: str, data: str, out: str | Path, *, medians: str | None = 
         if store.manifest.get("kind") != "maxtoki.cells":
             raise MaxtokiError(f"{data}: give cell shards (maxtoki data tokenize) or an .h5ad")
         vocab = store.vocabulary()
-        model = load_model(checkpoint, vocab)
+        model = model_for(model, vocab)
         samples = list(store)
         meta = pd.DataFrame([{k: v for k, v in s.items() if k not in ("input_ids", "length")} for s in samples])
         adata = ad.AnnData(obs=meta.set_index("cell_id"))
         adata.obsm[EMBEDDING_KEY] = embed_tokens(model, [s["input_ids"] for s in samples], vocab, batch_size, device)
-    adata.uns["maxtoki_embedding"] = {"checkpoint": str(checkpoint), "pooling": "mean of gene tokens, last layer"}
+    adata.uns["maxtoki_embedding"] = {"checkpoint": source, "pooling": "mean of gene tokens, last layer"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(out)

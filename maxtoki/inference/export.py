@@ -11,39 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maxtoki.checkpoint_files import check_checkpoint_file
 from maxtoki.errors import MaxtokiError
+from maxtoki.inference.loading import load_composer_checkpoint
 from maxtoki.vocab import VOCAB_FILE, Vocabulary
 
 METADATA_NAME = "maxtoki.json"
-
-
-def load_composer_checkpoint(checkpoint: str):
-    """The ``LlamaForCausalLM`` (config and weights) inside a Composer checkpoint of a MaxToki model."""
-    import tempfile
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from maxtoki import storage
-
-    local = checkpoint
-    if storage.is_remote(checkpoint):
-        resolved = storage.resolve_checkpoint(checkpoint)
-        local = str(Path(tempfile.mkdtemp(prefix="maxtoki-ckpt-")) / Path(resolved).name)
-        storage.download_file(resolved, local)
-    elif not Path(checkpoint).exists():
-        raise MaxtokiError(f"{checkpoint}: no such checkpoint")
-    check_checkpoint_file(local, checkpoint)
-    try:
-        state = torch.load(local, map_location="cpu", weights_only=False)["state"]
-        content = state["integrations"]["huggingface"]["model"]["config"]["content"]
-        weights = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
-        model = LlamaForCausalLM(LlamaConfig.from_dict(content))
-        model.load_state_dict(weights, strict=True)
-    except (KeyError, RuntimeError, EOFError, OSError, TypeError) as exc:
-        raise MaxtokiError(f"{checkpoint}: not a MaxToki Composer checkpoint, or damaged ({exc})") from None
-    return model.eval()
 
 
 def export_hf(checkpoint: str, out: str | Path, vocab_path: str | Path, time_unit: str = "unspecified") -> Path:
@@ -54,18 +26,6 @@ def export_hf(checkpoint: str, out: str | Path, vocab_path: str | Path, time_uni
     if settings.get("vocabulary_sha256") and settings["vocabulary_sha256"] != vocab.sha256:
         raise MaxtokiError(f"{vocab_path}: not the vocabulary this model was trained with")
     return write_model_directory(model, vocab, out, time_unit)
-
-
-def model_vocabulary(checkpoint: str, vocab: str | None = None) -> Vocabulary:
-    """``vocab`` if given, else the vocab.json of a model directory made by export-hf or import-hf; needed to
-    tokenize an .h5ad for a model (a Composer checkpoint holds only its vocabulary's checksum)."""
-    if vocab:
-        return Vocabulary.load(vocab)
-    path = Path(checkpoint) / VOCAB_FILE
-    if path.exists():
-        return Vocabulary.load(path)
-    raise MaxtokiError("tokenizing an .h5ad needs the model's vocabulary: give --vocab (the vocab.json of the "
-                       "training data) or a --checkpoint directory made by export-hf")
 
 
 def write_model_directory(model, vocab: Vocabulary, out: str | Path, time_unit: str) -> Path:

@@ -127,9 +127,10 @@ def cells_to_anndata(cells: list[np.ndarray], vocab: Vocabulary, obs=None):
     return ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=vocab.genes))
 
 
-def generate(checkpoint: str, data: str, out, sampling: Sampling = Sampling(), batch_size: int = 8,
+def generate(model, data: str, out, sampling: Sampling = Sampling(), batch_size: int = 8,
              device: str = "cpu", *, evaluate: bool = True, cells: str | None = None) -> dict:
     """Generate the response cell of every NextCell prompt of evaluation paragraphs; write tokens and AnnData.
+    ``model``: a checkpoint path or a model from ``load_model``.
 
     Unless ``evaluate`` is False, the generated cells are judged against the real cells of the paragraphs
     (read from ``cells``, by default the cells their manifest names; see ``judge_cells``): evaluation.json
@@ -142,10 +143,11 @@ def generate(checkpoint: str, data: str, out, sampling: Sampling = Sampling(), b
 
     from maxtoki.data.paragraphs.blueprint import NEXT_CELL
     from maxtoki.errors import MaxtokiError
-    from maxtoki.inference.predict_time import evaluation_prompts, load_model
+    from maxtoki.inference.loading import model_for
+    from maxtoki.inference.predict_time import evaluation_prompts
 
     examples, vocab = evaluation_prompts(data, NEXT_CELL)
-    model = load_model(checkpoint, vocab)
+    model = model_for(model, vocab)
     limit = model.config.max_position_embeddings
     if max(len(e["prompt_ids"]) for e in examples) + 1 > limit:
         raise MaxtokiError(f"prompts are longer than the model's context ({limit}); make paragraphs with a smaller "

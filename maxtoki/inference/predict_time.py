@@ -21,6 +21,7 @@ from maxtoki.data.paragraphs.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
 from maxtoki.inference.donor_scores import donor_scores, donors_of, per_donor
 from maxtoki.inference.linear_baseline import linear_baseline
+from maxtoki.inference.loading import model_for
 from maxtoki.inference.naive_baseline import CellTimes, cell_kinds, naive_timelapses
 from maxtoki.inference.timelapse_readout import (
     DEFAULT_INTERVAL,
@@ -30,25 +31,6 @@ from maxtoki.inference.timelapse_readout import (
     coverage,
 )
 from maxtoki.vocab import Vocabulary
-
-
-def load_model(checkpoint: str, data_vocab: Vocabulary):
-    """A ``LlamaForCausalLM`` from a Hugging Face directory or a Composer checkpoint, checked against the data."""
-    from transformers import LlamaForCausalLM
-
-    from maxtoki.inference.export import load_composer_checkpoint
-
-    if (Path(checkpoint) / "config.json").exists():
-        model = LlamaForCausalLM.from_pretrained(checkpoint).eval()
-    else:
-        model = load_composer_checkpoint(checkpoint)
-    expected = (getattr(model.config, "maxtoki", None) or {}).get("vocabulary_sha256")
-    if expected and expected != data_vocab.sha256:
-        raise MaxtokiError(f"{checkpoint}: the model was trained with another vocabulary than the data's")
-    if model.config.vocab_size < len(data_vocab):
-        raise MaxtokiError(f"{checkpoint}: the model knows {model.config.vocab_size} tokens, the data uses "
-                           f"{len(data_vocab)}")
-    return model
 
 
 def evaluation_prompts(data: str, task: int) -> tuple[list[dict], Vocabulary]:
@@ -116,12 +98,12 @@ def collapse_warning(predicted: np.ndarray, true: np.ndarray) -> str | None:
             "or check the training log's TimelapseSpread and TimelapsePearson")
 
 
-def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | None = None,
+def predict_time(model, data: str, out: str | Path, train_data: str | None = None,
                  batch_size: int = 8, device: str = "cpu", interval: float = DEFAULT_INTERVAL,
                  calibration_data: str | None = None, baseline_columns: tuple[str, ...] = (),
                  donor_column: str | None = None) -> dict:
     """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out`` (and per_donor.csv where donors
-    exist); returns the metrics.
+    exist); returns the metrics. ``model``: a checkpoint path or a model from ``load_model``.
 
     ``calibration_data`` (evaluation paragraphs of cells held out from training and from ``data``, e.g. a
     validation split) calibrates the intervals: the share of the model's distribution they span becomes the one
@@ -133,7 +115,7 @@ def predict_time(checkpoint: str, data: str, out: str | Path, train_data: str | 
     import pandas as pd
 
     examples, vocab = evaluation_prompts(data, TIME_BETWEEN_CELLS)
-    model = load_model(checkpoint, vocab)
+    model = model_for(model, vocab)
     level, calibration_prompts = _calibrated_level(model, calibration_data, vocab, batch_size, device, interval) \
         if calibration_data else (None, 0)
     readout = predict(model, examples, vocab, batch_size, device, interval, level)
