@@ -254,6 +254,27 @@ def test_training_pearson_spans_a_window_of_batches(vocab):
     assert dim_zero_len(metric) == 4 + 1  # the window of earlier examples and this batch, not all of them
 
 
+def test_next_gene_metrics_without_next_gene_positions_are_not_a_number(vocab):
+    """An evaluation of TimeBetweenCells prompts only scores no next gene: n/a, not a perfect cross-entropy of 0."""
+    from maxtoki.model.losses import Scored
+    from maxtoki.model.metrics import NextGeneAccuracy, NextGeneCrossEntropy, NextGenePerplexity
+    from maxtoki.model.progress import eval_summary
+
+    only_readout = Scored(torch.zeros((2, len(vocab))), torch.tensor([5, 6]), torch.tensor([0, 1]),
+                          torch.tensor([True, True]))
+    values = {}
+    for metric in (NextGeneCrossEntropy(), NextGenePerplexity(), NextGeneAccuracy()):
+        metric.update({}, only_readout, None)
+        values[type(metric).__name__] = metric.compute().item()
+    assert all(math.isnan(value) for value in values.values())
+    assert eval_summary(values) == "next gene: cross-entropy n/a, accuracy n/a"
+    scored = Scored(torch.zeros((2, len(vocab))), torch.tensor([5, 6]), torch.tensor([0, 1]),
+                    torch.tensor([False, True]))
+    metric = NextGeneCrossEntropy()
+    metric.update({}, scored, None)
+    assert metric.compute().item() == pytest.approx(math.log(len(vocab)))  # uniform logits, one position
+
+
 def dim_zero_len(metric):
     from torchmetrics.utilities.data import dim_zero_cat
 

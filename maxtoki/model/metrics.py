@@ -34,7 +34,11 @@ class _TokenMetric(Metric):
         self.count += next_token.sum().double()
 
     def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp(min=1)).float()
+        """The mean over next-gene positions; NaN when there were none (an evaluation of TimeBetweenCells only),
+        as the timelapse metrics do without examples, not a cross-entropy of 0."""
+        if self.count == 0:
+            return torch.tensor(float("nan"))
+        return (self.total / self.count).float()
 
 
 class NextGeneCrossEntropy(_TokenMetric):
