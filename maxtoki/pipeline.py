@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from maxtoki.errors import InputFileError, MaxtokiError
+from maxtoki.vocab import VOCAB_FILE
 
 RECIPES = Path(__file__).resolve().parent.parent / "configs"
 
@@ -176,8 +177,8 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
                                options.allow_non_integer, options.chunk_size, options.min_expression)
 
     def encode(genes) -> None:
-        Vocabulary.build(genes, max_time=max_time).save(out / "vocab.json")
-        tokenize_files([data], out / "vocab.json", out / "medians.json", str(out / "cells"), options=tokenize,
+        Vocabulary.build(genes, max_time=max_time).save(out / VOCAB_FILE)
+        tokenize_files([data], out / VOCAB_FILE, out / "medians.json", str(out / "cells"), options=tokenize,
                        gene_mapping_path=options.gene_mapping, workers=options.workers, overwrite=True)
 
     # Genes that never make a cell's top-ranked list are never seen: in the vocabulary they only cost
@@ -235,7 +236,7 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
     log(f"== 5/8 stage 1: next-gene prediction on single cells ({options.model_size} model, "
         f"{options.pretrain_batches} batches)")
     train_from_recipe(str(RECIPES / "pretrain/tiny-cpu.yaml"), [
-        f"variables.data={out / 'cells'}", f"variables.vocab={out / 'vocab.json'}", f"save_folder={runs / 'pretrain'}",
+        f"variables.data={out / 'cells'}", f"variables.vocab={out / VOCAB_FILE}", f"save_folder={runs / 'pretrain'}",
         f"max_seq_len={options.cell_length}", f"max_duration={options.pretrain_batches}ba",
         f"eval_interval={options.pretrain_batches}ba", f"save_interval={options.pretrain_batches}ba", *common])
 
@@ -244,7 +245,7 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
     train_from_recipe(str(RECIPES / "temporal/tiny-cpu.yaml"), [
         f"variables.data={out / 'paragraphs' / 'train'}",
         f"variables.eval_data={out / 'paragraphs' / (calibration or evaluation)}",
-        f"variables.vocab={out / 'vocab.json'}", f"variables.pretrained={runs / 'pretrain' / 'latest-rank0.pt'}",
+        f"variables.vocab={out / VOCAB_FILE}", f"variables.pretrained={runs / 'pretrain' / 'latest-rank0.pt'}",
         f"save_folder={runs / 'temporal'}", f"max_seq_len={max_seq_len}",
         f"model.rope_scaling.original_max_position_embeddings={options.cell_length}",
         f"model.label_scalar={scale}", f"model.time_smoothing={scale / 2}",
@@ -259,7 +260,7 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
                            baseline_columns=tuple(options.baseline_columns))
 
     log("== 8/8 the model as a Hugging Face directory")
-    export_hf(checkpoint, out / "hf-model", out / "vocab.json", options.time_column)
+    export_hf(checkpoint, out / "hf-model", out / VOCAB_FILE, options.time_column)
     return metrics
 
 
