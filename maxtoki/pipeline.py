@@ -55,6 +55,8 @@ class PipelineOptions:
     pretrain_batches: int = 200
     temporal_batches: int = 1000
     overrides: tuple[str, ...] = field(default=())  # extra key=value for both recipes
+    pretrained: str | None = None  # a model directory (import-hf, export-hf): stage 1 is skipped
+    medians: str | None = None  # the gene medians the pretrained model's cells were encoded with
     # evaluation
     validation_fraction: float = 0.1  # cells apart from training and scoring, to calibrate the intervals on
     baseline_columns: tuple[str, ...] = ()  # a cell's kind for the naive baseline, e.g. cell_type sex
@@ -66,6 +68,8 @@ class PipelineOptions:
             raise MaxtokiError(f"--validation-fraction {self.validation_fraction:g}: give a fraction in [0, 1)")
         if self.cell_length < 16:
             raise MaxtokiError("--cell-length must be at least 16 tokens")
+        if self.medians and not self.pretrained:
+            raise MaxtokiError("--medians goes with --pretrained (without it the pipeline computes the data's own)")
         if min(self.pretrain_batches, self.temporal_batches, self.examples) < 1:
             raise MaxtokiError("--pretrain-batches, --temporal-batches and --examples must be positive")
 
@@ -143,27 +147,22 @@ def _evaluation_splits(options: PipelineOptions) -> tuple[str, str | None]:
     return HOLDOUT, VALIDATION if options.validation_fraction else None
 
 
-def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, log=print) -> dict:
-    """Every step, writing under ``out``; returns the metrics of ``predict time`` on the held-out cells."""
+def tokenize_options(options: PipelineOptions, read):
+    from maxtoki.data.cells.tokenize import TokenizeOptions
+
+    return TokenizeOptions(read, options.time_column, tuple(options.group_columns), tuple(options.baseline_columns),
+                           options.cell_length, options.allow_non_integer, options.chunk_size, options.min_expression)
+
+
+def encode_from_scratch(data, out: Path, options: PipelineOptions, course: TimeCourse, max_time: int, tokenize,
+                        log=print) -> None:
+    """Steps 1-3 for a model trained here: medians of the data, a vocabulary of the genes cells use, the cells."""
     from maxtoki.data.cells.medians import compute_medians, write_medians
     from maxtoki.data.cells.sources import ReadOptions
-    from maxtoki.data.cells.tokenize import TokenizeOptions, tokenize_files
-    from maxtoki.data.paragraphs.build import build_paragraphs
-    from maxtoki.data.paragraphs.sampling import ParagraphOptions
-    from maxtoki.data.paragraphs.splits import parse_split
+    from maxtoki.data.cells.tokenize import tokenize_files
     from maxtoki.vocab import Vocabulary
 
-    start = time.monotonic()
-    out = Path(out)
-    course = read_time_course(data, options)
-    max_time, scale = time_token_range(course), read_out_scale(course)
-    evaluation, calibration = _evaluation_splits(options)
-    fraction = options.holdout_fraction
-    if fraction is None and not (options.holdout_groups or options.split):
-        fraction = 0.2
-    out.mkdir(parents=True, exist_ok=True)
     read = ReadOptions(options.gene_id_column, options.layer, options.use_raw)
-
     log(f"== 1/8 gene medians of {course.cells:,} cells with a time ({len(course.times)} time points)")
     medians, _ = compute_medians([data], read=read, gene_mapping_path=options.gene_mapping,
                                  allow_non_integer=options.allow_non_integer, min_expression=options.min_expression,
@@ -171,10 +170,6 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
     if not medians:
         raise MaxtokiError(f"{data}: no cell had any expressed gene; nothing to compute medians from")
     write_medians(medians, out / "medians.json")
-
-    tokenize = TokenizeOptions(read, options.time_column, tuple(options.group_columns),
-                               tuple(options.baseline_columns), options.cell_length,
-                               options.allow_non_integer, options.chunk_size, options.min_expression)
 
     def encode(genes) -> None:
         Vocabulary.build(genes, max_time=max_time).save(out / VOCAB_FILE)
@@ -191,6 +186,76 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
     log(f"== 3/8 rank value encoding: each cell's top-ranked genes, {len(genes):,} of the {len(medians):,} genes "
         "with a median")
     encode(genes)
+
+
+def pretrained_inputs(options: PipelineOptions, course: TimeCourse):
+    """The pretrained model's vocabulary and the medians its cells were encoded with (the released ones by
+    default for the released vocabulary), checked before anything is written."""
+    from maxtoki.data.cells.tokenize import load_medians
+    from maxtoki.released import is_released_vocabulary, released_medians
+    from maxtoki.vocab import Vocabulary
+
+    pretrained = Path(options.pretrained)
+    if not (pretrained / VOCAB_FILE).exists() or not (pretrained / "config.json").exists():
+        raise MaxtokiError(f"--pretrained {pretrained}: not a model directory (config.json and vocab.json); make one "
+                           "with maxtoki import-hf (released weights) or export-hf")
+    vocab = Vocabulary.load(pretrained / VOCAB_FILE)
+    released = is_released_vocabulary(vocab)
+    if options.medians:
+        medians, source = load_medians(options.medians), options.medians
+    elif released:
+        medians, source = released_medians(), "the released gene medians (bundled)"
+    else:
+        raise MaxtokiError(f"--pretrained {pretrained}: give --medians, the gene medians its training cells were "
+                           "encoded with (only the released vocabulary has its medians bundled)")
+    if course.max_timelapse > vocab.time_range[1]:
+        raise MaxtokiError(f"the data's largest Δ is {course.max_timelapse:g} time units, the model's time tokens "
+                           f"reach {vocab.time_range[1]}; give a --time-scale that brings it within")
+    return vocab, medians, source + (", for the released vocabulary" if released and not options.medians else "")
+
+
+def encode_for_pretrained(data, out: Path, options: PipelineOptions, inputs, tokenize, log=print) -> None:
+    """Steps 1-3 for a pretrained model: its vocabulary and medians (``pretrained_inputs``), the cells encoded
+    as it expects."""
+    from maxtoki.data.cells.tokenize import tokenize_files
+
+    vocab, medians, source = inputs
+    log(f"== 1/8 gene medians: {source}, {len(medians):,} genes")
+    (out / "medians.json").write_text(json.dumps(medians) + "\n")
+    low, high = vocab.time_range
+    log(f"== 2/8 vocabulary: the model's, {len(vocab):,} tokens ({int(vocab.is_gene.sum()):,} genes, time tokens "
+        f"{low}..{high})")
+    vocab.save(out / VOCAB_FILE)
+    log(f"== 3/8 rank value encoding: each cell's {options.cell_length - 2} top-ranked genes of the model's")
+    tokenize_files([data], out / VOCAB_FILE, out / "medians.json", str(out / "cells"), options=tokenize,
+                   gene_mapping_path=options.gene_mapping, workers=options.workers, overwrite=True)
+
+
+def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, log=print) -> dict:
+    """Every step, writing under ``out``; returns the metrics of ``predict time`` on the held-out cells."""
+    from maxtoki.data.cells.sources import ReadOptions
+    from maxtoki.data.paragraphs.build import build_paragraphs
+    from maxtoki.data.paragraphs.sampling import ParagraphOptions
+    from maxtoki.data.paragraphs.splits import parse_split
+
+    start = time.monotonic()
+    out = Path(out)
+    course = read_time_course(data, options)
+    max_time, scale = time_token_range(course), read_out_scale(course)
+    if options.pretrained and options.model_size != "tiny":
+        raise MaxtokiError("--model-size and --pretrained: the pretrained model's size is the size")
+    inputs = pretrained_inputs(options, course) if options.pretrained else None
+    evaluation, calibration = _evaluation_splits(options)
+    fraction = options.holdout_fraction
+    if fraction is None and not (options.holdout_groups or options.split):
+        fraction = 0.2
+    out.mkdir(parents=True, exist_ok=True)
+    read = ReadOptions(options.gene_id_column, options.layer, options.use_raw)
+
+    if options.pretrained:
+        encode_for_pretrained(data, out, options, inputs, tokenize_options(options, read), log)
+    else:
+        encode_from_scratch(data, out, options, course, max_time, tokenize_options(options, read), log)
 
     held = (f"{fraction:.0%} of the cells of every time point" if fraction else
             f"donors {', '.join(options.holdout_groups)}" if options.holdout_groups else f"split {options.split}")
@@ -217,6 +282,17 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
     return metrics
 
 
+def context_extension(pretrained: str | Path, max_seq_len: int) -> list[str]:
+    """Recipe keys that extend a pretrained model's context to ``max_seq_len`` as the paper did (llama3-style RoPE
+    scaling, 4x, more if needed); none when its own context holds the paragraphs (its weights then compute exactly
+    what they did in stage 1)."""
+    original = int(json.loads((Path(pretrained) / "config.json").read_text())["max_position_embeddings"])
+    if max_seq_len <= original:
+        return ["model.rope_scaling=null"]
+    return [f"model.rope_scaling.original_max_position_embeddings={original}",
+            f"model.rope_scaling.factor={float(max(4, math.ceil(max_seq_len / original)))}"]
+
+
 def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, str | None], max_seq_len: int,
                        scale: float, log=print) -> dict:
     """Stage 1, stage 2, predict time on the held-out prompts (``splits``: the scored split, and the one to
@@ -232,22 +308,32 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
                                "repository (the recipes live in configs/)")
     runs = out / "runs"
     shutil.rmtree(runs, ignore_errors=True)  # a rerun trains afresh (autoresume would find the runs finished)
-    common = [f"model.size={options.model_size}", f"seed={options.seed}", *options.overrides]
-    log(f"== 5/8 stage 1: next-gene prediction on single cells ({options.model_size} model, "
-        f"{options.pretrain_batches} batches)")
-    train_from_recipe(str(RECIPES / "pretrain/tiny-cpu.yaml"), [
-        f"variables.data={out / 'cells'}", f"variables.vocab={out / VOCAB_FILE}", f"save_folder={runs / 'pretrain'}",
-        f"max_seq_len={options.cell_length}", f"max_duration={options.pretrain_batches}ba",
-        f"eval_interval={options.pretrain_batches}ba", f"save_interval={options.pretrain_batches}ba", *common])
+    common = [f"seed={options.seed}", *options.overrides]
+    if options.pretrained:
+        log(f"== 5/8 stage 1: skipped, the weights of {options.pretrained}")
+        start = [f"model.pretrained={options.pretrained}", "model.size=null", "load_path=null",
+                 *context_extension(options.pretrained, max_seq_len)]
+        source = f"the weights of {options.pretrained}"
+    else:
+        common.insert(0, f"model.size={options.model_size}")
+        log(f"== 5/8 stage 1: next-gene prediction on single cells ({options.model_size} model, "
+            f"{options.pretrain_batches} batches)")
+        train_from_recipe(str(RECIPES / "pretrain/tiny-cpu.yaml"), [
+            f"variables.data={out / 'cells'}", f"variables.vocab={out / VOCAB_FILE}",
+            f"save_folder={runs / 'pretrain'}", f"max_seq_len={options.cell_length}",
+            f"max_duration={options.pretrain_batches}ba", f"eval_interval={options.pretrain_batches}ba",
+            f"save_interval={options.pretrain_batches}ba", *common])
+        start = [f"variables.pretrained={runs / 'pretrain' / 'latest-rank0.pt'}",
+                 f"model.rope_scaling.original_max_position_embeddings={options.cell_length}"]
+        source = "the stage-1 weights"
 
-    log(f"== 6/8 stage 2: TimeBetweenCells and NextCell from the stage-1 weights ({options.temporal_batches} "
+    log(f"== 6/8 stage 2: TimeBetweenCells and NextCell from {source} ({options.temporal_batches} "
         f"batches, read-out scale {scale:.3g})")
-    train_from_recipe(str(RECIPES / "temporal/tiny-cpu.yaml"), [
+    trainer = train_from_recipe(str(RECIPES / "temporal/tiny-cpu.yaml"), [
         f"variables.data={out / 'paragraphs' / 'train'}",
         f"variables.eval_data={out / 'paragraphs' / (calibration or evaluation)}",
-        f"variables.vocab={out / VOCAB_FILE}", f"variables.pretrained={runs / 'pretrain' / 'latest-rank0.pt'}",
+        f"variables.vocab={out / VOCAB_FILE}", *start,
         f"save_folder={runs / 'temporal'}", f"max_seq_len={max_seq_len}",
-        f"model.rope_scaling.original_max_position_embeddings={options.cell_length}",
         f"model.label_scalar={scale}", f"model.time_smoothing={scale / 2}",
         f"max_duration={options.temporal_batches}ba",
         f"eval_interval={options.temporal_batches}ba", f"save_interval={options.temporal_batches}ba", *common])
@@ -258,6 +344,9 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
                            train_data=str(out / "paragraphs" / "train"),
                            calibration_data=str(out / "eval" / calibration) if calibration else None,
                            baseline_columns=tuple(options.baseline_columns))
+    # stage 2's own evaluation, on paragraphs of cells it did not train on: NextCell cross-entropy among them
+    metrics["stage2_evaluation"] = {"data": str(out / "paragraphs" / (calibration or evaluation)),
+                                    **{key: float(value) for key, value in trainer.state.eval_metric_values.items()}}
 
     log("== 8/8 the model as a Hugging Face directory")
     export_hf(checkpoint, out / "hf-model", out / VOCAB_FILE, options.time_column)

@@ -87,7 +87,10 @@ def check_recipe(cfg) -> None:
     model = cfg.get("model") or {}
     if model.get("name") not in ("maxtoki_pretrain", "maxtoki_temporal"):
         raise MaxtokiError(f"model.name must be maxtoki_pretrain or maxtoki_temporal, not {model.get('name')!r}")
-    if model.get("size") not in SIZES:
+    if model.get("size") is None and not model.get("pretrained"):
+        raise MaxtokiError(f"model.size is not set; choose one of {', '.join(SIZES)}, or give model.pretrained (a "
+                           "model directory) to take its size")
+    if model.get("size") is not None and model.get("size") not in SIZES:
         raise MaxtokiError(f"unknown model size {model.get('size')!r}; choose one of {', '.join(SIZES)}")
     vocab_path = model.get("vocab")
     if not vocab_path or not Path(vocab_path).exists():
@@ -115,6 +118,10 @@ def check_recipe(cfg) -> None:
 
         storage.list_keys(save_folder)  # an unreachable server or a missing bucket fails here, in seconds
     load_path = cfg.get("load_path")
+    if model.get("pretrained") and load_path and cfg.get("load_weights_only"):
+        logger.info(f"model.pretrained {model['pretrained']} gives the starting weights; load_path {load_path} "
+                    "is not read")
+        cfg["load_path"] = load_path = None
     if load_path and "://" in str(load_path):
         cfg["load_path"] = local_checked_load_path(str(load_path))
     elif load_path:

@@ -44,6 +44,7 @@ def simulated(tmp_path_factory):
     vocab = Vocabulary.load(root / "v.json")
     torch.manual_seed(0)
     model = LlamaForCausalLM(llama_config("tiny", len(vocab), 128, vocab.pad_id, vocab.bos_id, vocab.eos_id))
+    model.config.maxtoki = {"objective": "temporal"}  # a stand-in for a stage-2 model: these tests check mechanics
     write_model_directory(model.eval(), vocab, root / "model", "months")
     return root
 

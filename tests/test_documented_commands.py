@@ -249,14 +249,16 @@ def write_corpus(root: Path) -> ad.AnnData:
 
 
 def save_random_llama(vocab: Vocabulary, out: Path, context: int = 256) -> None:
+    """A stand-in for a stage-2 model exported elsewhere (its config says stage 2 trained its time tokens)."""
     import torch
     from transformers import LlamaForCausalLM
 
     from maxtoki.model.sizes import llama_config
 
     torch.manual_seed(0)
-    LlamaForCausalLM(llama_config("tiny", len(vocab), context, vocab.pad_id, vocab.bos_id,
-                                  vocab.eos_id)).save_pretrained(out)
+    model = LlamaForCausalLM(llama_config("tiny", len(vocab), context, vocab.pad_id, vocab.bos_id, vocab.eos_id))
+    model.config.maxtoki = {"objective": "temporal"}
+    model.save_pretrained(out)
 
 
 @pytest.mark.s3
@@ -310,7 +312,8 @@ def test_documented_commands_run_on_tiny_data(tmp_path, monkeypatch, s3_server, 
     Path("token_dictionary.pkl").write_bytes(pickle.dumps(dict(vocab.token_to_id)))
     save_random_llama(vocab, tmp_path / "released-217m")
     run("maxtoki import-hf released-217m/ --vocab token_dictionary.pkl --time-unit months --out maxtoki-217m/")
-    assert json.loads(Path("maxtoki-217m/maxtoki.json").read_text())["time_unit"] == "months"
+    metadata = json.loads(Path("maxtoki-217m/maxtoki.json").read_text())
+    assert metadata["time_unit"] == "months" and metadata["time_tokens_trained"] is True
     run("maxtoki predict time --checkpoint runs/temporal/latest-rank0.pt --data eval/test --train-data "
         "paragraphs/train --out predictions/",
         **{"runs/temporal/latest-rank0.pt": "maxtoki-217m/", "paragraphs/train": "eval/train"})

@@ -31,7 +31,7 @@ def test_the_gpu_benchmark_runs_every_measurement_in_its_cpu_form(tmp_path):
     results = json.loads(out.read_text())
 
     training = {(m["size"], m["stage"], m["packing"]): m for m in results["training"]}
-    assert set(training) == {("tiny", 1, None), ("tiny", 1, "auto"), ("tiny", 2, None)}
+    assert set(training) == {("tiny", 1, None), ("tiny", 1, "auto"), ("tiny", 2, None), ("tiny released", 2, None)}
     for key, measurement in training.items():
         if key[2] == "auto" and "skipped" in measurement:  # the loaders may not take the packing key yet
             assert "packing_ratio" in measurement["skipped"]
@@ -56,10 +56,12 @@ def test_the_gpu_runs_give_the_training_entry_point_valid_recipes(tmp_path):
     measure, benchmark = script("measure"), script("run")
 
     data = {"cells": tmp_path / "cells", "cells_vocab": tmp_path / "v.json", "paragraphs": tmp_path / "paragraphs",
-            "paragraphs_vocab": tmp_path / "pv.json"}
+            "paragraphs_vocab": tmp_path / "pv.json", "released_model": tmp_path / "model",
+            "released_paragraphs": tmp_path / "rp"}
     runs = benchmark.training_runs(benchmark.GPU, data, gpus=2, peak_flops=None)
     assert [(r["size"], r["stage"], r["packing"]) for r in runs] == [
-        (size, stage, packing) for size in ("217m", "1b") for stage, packing in ((1, None), (1, "auto"), (2, None))]
+        (size, stage, packing) for size in ("217m", "1b") for stage, packing in ((1, None), (1, "auto"), (2, None))
+    ] + [("217m released", 2, None)]
     for run in runs:
         cfg = load_recipe(measure.benchmark_recipe(str(ROOT / run["recipe"]), tmp_path),
                           [*run["overrides"], "callbacks.peak_memory={warmup: 5}"])
@@ -71,5 +73,9 @@ def test_the_gpu_runs_give_the_training_entry_point_valid_recipes(tmp_path):
         if run["stage"] == 1:
             assert cfg.train_loader.dataset.get("packing_ratio") == run["packing"]
             assert cfg.model.name == "maxtoki_pretrain" and cfg.max_seq_len == benchmark.GPU.cell_tokens
+        elif run["size"] == "217m released":  # the weights come from model.pretrained (load_path is then not read)
+            assert cfg.model.pretrained == str(tmp_path / "model") and cfg.model.size == "217m"
+            assert cfg.model.pad_heads == "auto" and cfg.max_seq_len == benchmark.GPU.paragraph_tokens
+            assert cfg.train_loader.dataset.remote == str(tmp_path / "rp")
         else:
             assert cfg.load_path is None and cfg.max_seq_len == benchmark.GPU.paragraph_tokens

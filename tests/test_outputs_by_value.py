@@ -49,8 +49,9 @@ def world(tmp_path_factory):
     cli("data", "paragraphs", root / "cells", "--out", root / "eval", "--num-examples", 60, "--eval", *split)
     vocab = Vocabulary.load(root / "v.json")
     torch.manual_seed(0)
-    LlamaForCausalLM(llama_config("tiny", len(vocab), CONTEXT, vocab.pad_id, vocab.bos_id,
-                                  vocab.eos_id)).save_pretrained(root / "released")
+    model = LlamaForCausalLM(llama_config("tiny", len(vocab), CONTEXT, vocab.pad_id, vocab.bos_id, vocab.eos_id))
+    model.config.maxtoki = {"objective": "temporal"}  # a stand-in for a stage-2 model exported elsewhere
+    model.save_pretrained(root / "released")
     cli("import-hf", root / "released", "--vocab", root / "v.json", "--time-unit", "years", "--out", root / "model")
     return root, vocab
 

@@ -79,3 +79,43 @@ def test_pipeline_learns_time_on_the_bundled_time_course(tmp_path, capsys, hsmm_
                              train_data=str(out / "paragraphs" / "train"))
     assert not learned_time(untrained), untrained["model"]
     assert untrained["warning"] is not None  # and predict time says it predicts nearly a constant
+
+
+def test_pipeline_from_an_imported_release_skips_stage_1_and_encodes_as_released(tmp_path, capsys, hsmm_path):
+    """--pretrained: no stage 1, the model's (released) vocabulary and the released medians, stage 2 from the
+    model's weights with RoPE left as it is (the paragraphs fit its context), a stage-2 model out."""
+    from helpers.released import released_config, write_release
+    from transformers import LlamaForCausalLM
+
+    from maxtoki.released import released_medians, released_vocabulary
+    from maxtoki.vocab import Vocabulary
+
+    write_release(tmp_path / "release", released_config(hidden=64, layers=2, heads=4))
+    assert cli_main(["import-hf", str(tmp_path / "release"), "--out", str(tmp_path / "model")]) == 0
+    bad = refused(capsys, "pipeline", hsmm_path, "--time-column", "hours", "--pretrained", tmp_path / "release",
+                  "--out", tmp_path / "x", "--allow-non-integer")
+    assert "not a model directory" in bad and "import-hf" in bad and not (tmp_path / "x").exists()
+    out = tmp_path / "run"
+    assert cli_main(["pipeline", str(hsmm_path), "--time-column", "hours", "--allow-non-integer", "--min-expression",
+                     "0.1", "--pretrained", str(tmp_path / "model"), "--cell-length", "32", "--temporal-batches", "20",
+                     "--examples", "200", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "stage 1: skipped" in printed and "the released gene medians (bundled)" in printed
+    assert not (out / "runs" / "pretrain").exists()
+    assert Vocabulary.load(out / "vocab.json").sha256 == released_vocabulary().sha256
+    assert json.loads((out / "medians.json").read_text()) == released_medians()
+    metrics = json.loads((out / "predictions" / "metrics.json").read_text())
+    assert metrics["stage2_evaluation"]["NextGeneCrossEntropy"] > 0 and metrics["examples"] > 0
+    exported = json.loads((out / "hf-model" / "maxtoki.json").read_text())
+    assert exported["time_tokens_trained"] is True and exported["rope_scaling"] is None
+    model = LlamaForCausalLM.from_pretrained(out / "hf-model")
+    assert model.config.vocab_size == 23_296 and model.config.max_position_embeddings == 72
+    # another vocabulary than the released one needs its medians
+    other = tmp_path / "other"
+    (other).mkdir()
+    for name in ("config.json", "model.safetensors", "maxtoki.json"):
+        (other / name).write_bytes((tmp_path / "model" / name).read_bytes())
+    vocab = json.loads((tmp_path / "model" / "vocab.json").read_text())
+    (other / "vocab.json").write_text(json.dumps({**vocab, "ENSGX": max(vocab.values()) + 1}))
+    assert "give --medians" in refused(capsys, "pipeline", hsmm_path, "--time-column", "hours", "--pretrained",
+                                       other, "--out", tmp_path / "y", "--allow-non-integer")

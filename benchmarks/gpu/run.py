@@ -5,7 +5,9 @@
 
 Needs only `bash scripts/setup.sh`: no network, no data besides the bundled maxtoki/datasets/. It
 tokenizes PBMC 3k (2,700 cells, 4,096-token cells) for stage 1 and builds HSMM time-course paragraphs
-(16,384 tokens) for stage 2. A randomly initialised `217m` in bf16 generates a 1,000-token cell with and
+(16,384 tokens) for stage 2, and imports a random model laid out as MaxToki-217M is released
+(`maxtoki import-hf`) for a stage-2 run from released weights (heads of 154 padded to 160, so fused
+attention runs them), on paragraphs encoded with the released vocabulary and medians. A randomly initialised `217m` in bf16 generates a 1,000-token cell with and
 without the KV cache. Then `217m` and `1b` train from configs/pretrain and configs/temporal (FSDP,
 amp_bf16, device_train_microbatch_size auto, random weights) for 20 steps each: stage 1 with
 `train_loader.dataset.packing_ratio` null (padded batches) and auto (packed rows), and stage 2. Each
@@ -63,14 +65,21 @@ class Plan:
     device: str
     dtype: str
     timeout_s: int  # per measurement
+    released_shape: dict  # the release (20,275 rows) imported for the stage-2 run from released weights
+    released_overrides: tuple[str, ...] = ()  # what that run adds to the stage-2 recipe
 
 
 GPU = Plan(sizes=("217m", "1b"), stage1_recipe="pretrain/{size}.yaml", stage2_recipe="temporal/{size}.yaml",
            cell_tokens=4096, paragraph_tokens=16384, cells_per_gpu=32, paragraphs_per_gpu=4, steps=20, warmup=5,
-           generation_size="217m", generation_tokens=1000, device="cuda", dtype="bfloat16", timeout_s=240)
+           generation_size="217m", generation_tokens=1000, device="cuda", dtype="bfloat16", timeout_s=240,
+           released_shape=dict(hidden=1232, layers=11, heads=8, intermediate=2464))
 CPU = Plan(sizes=("tiny",), stage1_recipe="pretrain/tiny-cpu.yaml", stage2_recipe="temporal/tiny-cpu.yaml",
            cell_tokens=64, paragraph_tokens=1024, cells_per_gpu=16, paragraphs_per_gpu=4, steps=5, warmup=2,
-           generation_size="tiny", generation_tokens=64, device="cpu", dtype="float32", timeout_s=300)
+           generation_size="tiny", generation_tokens=64, device="cpu", dtype="float32", timeout_s=300,
+           # heads of 154 as the released 217M's, padded on CPU too
+           released_shape=dict(hidden=308, layers=2, heads=2, intermediate=128),
+           released_overrides=("model.size=null", "model.pad_heads=true",
+                               "model.rope_scaling.original_max_position_embeddings=4096"))
 # PBMC cells average 849 of 4,096 tokens, so a packed row holds about 4.7 of them: a quarter of the rows
 # reads about as many cells per step as the padded batch, and fills about as many positions
 PACKED_ROW_DIVISOR = 4
@@ -95,8 +104,28 @@ def prepare_data(work: Path, plan: Plan, gpus: int) -> dict[str, Path]:
                  "--medians", hsmm / "medians.json", "--out", hsmm / "cells", "--model-input-size", plan.cell_tokens)
     maxtoki_data("paragraphs", hsmm / "cells", "--out", hsmm / "paragraphs", "--max-seq-len", plan.paragraph_tokens,
                  "--num-examples", plan.steps * plan.paragraphs_per_gpu * gpus)
+    released = prepare_released(work, plan, gpus)
     return {"cells": cells / "cells", "cells_vocab": cells / "vocab.json", "paragraphs": hsmm / "paragraphs",
-            "paragraphs_vocab": hsmm / "vocab.json"}
+            "paragraphs_vocab": hsmm / "vocab.json", **released}
+
+
+def prepare_released(work: Path, plan: Plan, gpus: int) -> dict[str, Path]:
+    """A random model laid out as MaxToki-217M is released, imported (maxtoki import-hf), and HSMM paragraphs
+    encoded with the released vocabulary and medians: stage 2 from released weights."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers.released import released_config, write_release
+
+    released = work / "released"
+    write_release(released / "MaxToki-217M", released_config(**plan.released_shape))
+    subprocess.run([sys.executable, "-m", "maxtoki.cli", "--quiet", "import-hf", str(released / "MaxToki-217M"),
+                    "--out", str(released / "model")], check=True, cwd=ROOT)
+    maxtoki_data("released", "--out", released / "resources")
+    maxtoki_data("tokenize", "--config", ROOT / "configs/data/hsmm_myoblast.yaml", "--vocab",
+                 released / "model" / "vocab.json", "--medians", released / "resources" / "medians.json",
+                 "--out", released / "cells", "--model-input-size", plan.cell_tokens)
+    maxtoki_data("paragraphs", released / "cells", "--out", released / "paragraphs", "--max-seq-len",
+                 plan.paragraph_tokens, "--num-examples", plan.steps * plan.paragraphs_per_gpu * gpus)
+    return {"released_model": released / "model", "released_paragraphs": released / "paragraphs"}
 
 
 def launch(command: list[str], log: Path, timeout_s: int) -> tuple[int, float]:
@@ -159,7 +188,23 @@ def training_runs(plan: Plan, data: dict[str, Path], gpus: int, peak_flops: floa
             name = f"{size} stage {stage}" + (f", packing {packing}" if packing else "")
             runs.append({"name": name, "recipe": recipe, "size": size, "stage": stage, "packing": packing,
                          "rows_per_gpu": rows, "overrides": overrides})
+    runs.append(released_run(plan, data, gpus, peak_flops))
     return runs
+
+
+def released_run(plan: Plan, data: dict[str, Path], gpus: int, peak_flops: float | None) -> dict:
+    """Stage 2 of the imported release by the first size's recipe, as docs/released-weights.md runs it: the
+    weights from model.pretrained, the heads of 154 zero-padded to 160 so fused attention runs them."""
+    size, rows = plan.sizes[0], plan.paragraphs_per_gpu
+    overrides = [f"model.pretrained={data['released_model']}", f"variables.vocab={data['released_model']}/vocab.json",
+                 f"variables.data={data['released_paragraphs']}", f"max_duration={plan.steps}ba",
+                 f"global_train_batch_size={rows * gpus}", "eval_loader=null", "save_folder=null", "autoresume=false",
+                 "callbacks.speed_monitor.window_size=1", f"console_log_interval={plan.steps}ba",
+                 *plan.released_overrides]
+    if peak_flops:
+        overrides.append(f"callbacks.speed_monitor.gpu_flops_available={peak_flops}")
+    return {"name": f"{size} released, stage 2", "recipe": f"configs/{plan.stage2_recipe.format(size=size)}",
+            "size": f"{size} released", "stage": 2, "packing": None, "rows_per_gpu": rows, "overrides": overrides}
 
 
 def measure_training(run: dict, plan: Plan, gpus: int, work: Path) -> dict:

@@ -37,6 +37,7 @@ from maxtoki.analysis.prompts import ContextOptions, ContextSampler
 from maxtoki.analysis.timelapse import SharedContextPredictor
 from maxtoki.console import progress_bar
 from maxtoki.errors import MaxtokiError
+from maxtoki.inference.loading import untrained_time_warning
 
 
 @dataclass(frozen=True)
@@ -180,11 +181,13 @@ def _draw_counts(donor_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def age_acceleration(model, cells: AnalysisCells, out: str | Path, context: ContextOptions,
                      options: AccelerationOptions, batch_size: int = 64, device: str = "cpu",
-                     trained: set[str] | None = None) -> dict:
+                     trained: set[str] | None = None, allow_untrained_time: bool = False) -> dict:
     """Write pairs.csv, acceleration.json and acceleration.png to ``out``; returns the summary.
 
     ``trained``: the donors the model trained on (``trained_donors``), None when unknown; control
-    queries then come only from the other control donors."""
+    queries then come only from the other control donors. A model whose time tokens stage 2 never
+    trained is refused unless ``allow_untrained_time``."""
+    warning = untrained_time_warning(model, allow_untrained_time)
     pairs = build_pairs(cells, context, options, trained)
     predictor = SharedContextPredictor(model, cells.vocab, batch_size, device)
     table = predict_pairs(cells, pairs, context, predictor, model.config.max_position_embeddings)
@@ -200,6 +203,7 @@ def age_acceleration(model, cells: AnalysisCells, out: str | Path, context: Cont
         **_donor_counts(table, cells, context.donor_column, options, trained),
         "control_mae": float(table.loc[table["role"] == "control", "residual"].abs().mean()),
         "options": {**asdict(options), **asdict(context)},
+        "warning": warning,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

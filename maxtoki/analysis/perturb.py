@@ -24,6 +24,7 @@ from maxtoki.analysis.prompts import ContextOptions, ContextSampler
 from maxtoki.analysis.timelapse import SharedContextPredictor
 from maxtoki.console import progress_bar
 from maxtoki.errors import MaxtokiError
+from maxtoki.inference.loading import untrained_time_warning
 
 MODES = ("delete", "overexpress")
 
@@ -73,9 +74,11 @@ def choose_genes(cells: AnalysisCells, queries: np.ndarray, options: PerturbOpti
 
 
 def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOptions, options: PerturbOptions,
-            batch_size: int = 64, device: str = "cpu") -> pd.DataFrame:
+            batch_size: int = 64, device: str = "cpu", allow_untrained_time: bool = False) -> pd.DataFrame:
     """Write effects.csv (one row per gene and mode), shifts.csv (per cell), contexts.csv, perturb.json and
-    perturb.png."""
+    perturb.png. The shifts are of predicted time: a model whose time tokens stage 2 never trained is refused
+    unless ``allow_untrained_time``."""
+    warning = untrained_time_warning(model, allow_untrained_time)
     bad = [m for m in options.modes if m not in MODES]
     if bad:
         raise MaxtokiError(f"unknown perturbation {bad[0]!r}; choose from {', '.join(MODES)}")
@@ -136,7 +139,7 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
     context_table(cells, queries, contexts, sampler).to_csv(out / "contexts.csv", index=False)
     effects.to_csv(out / "effects.csv", index=False)
     summary = {"query_cells": len(queries), "genes": len(genes), "options": {**asdict(options), **asdict(context)},
-               "top": effects.head(10).to_dict(orient="records")}
+               "top": effects.head(10).to_dict(orient="records"), "warning": warning}
     (out / "perturb.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     _plot(effects, out / "perturb.png")
     return effects

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from maxtoki.cli.options import add_model_options, share
+from maxtoki.cli.options import add_model_options, add_untrained_time_option, share
 
 
 def add_commands(commands) -> None:
@@ -73,6 +74,7 @@ def _add_analysis_options(parser: argparse.ArgumentParser, out_help: str) -> Non
     parser.add_argument("--time-scale", type=float, default=1.0, metavar="S",
                         help="time tokens per time-column unit, as given to `data paragraphs` (default 1)")
     parser.add_argument("--seed", type=int, default=0)
+    add_untrained_time_option(parser)
 
 
 def _analysis_inputs(args, columns: list[str]):
@@ -94,6 +96,11 @@ def _analysis_inputs(args, columns: list[str]):
                                         args.time_scale)
 
 
+def _warn(warning: str | None) -> None:
+    if warning:
+        print(f"maxtoki: warning: {warning}", file=sys.stderr)
+
+
 def _run_age_acceleration(args) -> None:
     from maxtoki.analysis.age_acceleration import AccelerationOptions, age_acceleration
     from maxtoki.analysis.trained_donors import trained_donors
@@ -102,7 +109,9 @@ def _run_age_acceleration(args) -> None:
     options = AccelerationOptions(args.condition_column, args.case, args.control, args.age_tolerance, args.pairs,
                                   args.bootstrap, args.confidence, args.seed)
     trained = trained_donors(args.train_data, args.donor_column, cells) if args.train_data else None
-    summary = age_acceleration(model, cells, args.out, context, options, args.batch_size, args.device, trained)
+    summary = age_acceleration(model, cells, args.out, context, options, args.batch_size, args.device, trained,
+                               args.allow_untrained_time)
+    _warn(summary["warning"])
     low, high = summary["calibrated_interval"]
     raw_low, raw_high = summary["acceleration_interval"]
     if trained is None:
@@ -120,6 +129,7 @@ def _run_age_acceleration(args) -> None:
 
 def _run_perturb(args) -> None:
     from maxtoki.analysis.perturb import PerturbOptions, perturb
+    from maxtoki.inference.loading import untrained_time_warning
     from maxtoki.data.paragraphs.splits import parse_holdout_values
 
     query_where, context_where = parse_holdout_values(args.query_where), parse_holdout_values(args.context_where)
@@ -127,7 +137,9 @@ def _run_perturb(args) -> None:
     options = PerturbOptions(tuple(args.genes), args.top_genes, tuple(args.modes), args.query_cells,
                              tuple(query_where), tuple(context_where), args.next_cell, args.seed,
                              contexts_per_cell=args.contexts_per_cell)
-    effects = perturb(model, cells, args.out, context, options, args.batch_size, args.device)
+    effects = perturb(model, cells, args.out, context, options, args.batch_size, args.device,
+                      args.allow_untrained_time)
+    _warn(untrained_time_warning(model, args.allow_untrained_time))
     top = effects.iloc[0]
     print(f"{effects['gene'].nunique()} genes x {len(options.modes)} perturbations; strongest: {top['mode']} "
           f"{top['gene']} shifts the predicted time by {top['mean_shift']:+.2f} over {top['cells']} cells; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from maxtoki.cli.options import add_reading_options, runs_with_config
@@ -24,6 +25,11 @@ def add_commands(commands) -> None:
     vocab.add_argument("--max-time", type=int, default=1500, metavar="T",
                        help="numeric time tokens -T..T-1 (default 1500, as released)")
     runs_with_config(vocab, _run_vocab)
+
+    released = data_commands.add_parser(
+        "released", help="the released MaxToki vocabulary (with time tokens) and gene medians, bundled")
+    released.add_argument("--out", required=True, help="output directory (vocab.json, medians.json, ATTRIBUTION.md)")
+    runs_with_config(released, _run_released)
 
     tokenize = data_commands.add_parser("tokenize", help="rank-value-encode cells -> MDS shards")
     tokenize.add_argument("inputs", nargs="*", metavar="FILES", help=".h5ad / 10x .h5 files or directories")
@@ -145,12 +151,31 @@ def _run_vocab(args) -> None:
     from maxtoki.data.cells.tokenize import load_medians
     from maxtoki.vocab import Vocabulary
 
-    vocab = Vocabulary.build(load_medians(args.medians).keys(), max_time=args.max_time)
+    from maxtoki.released import released_medians
+
+    medians = load_medians(args.medians)
+    vocab = Vocabulary.build(medians.keys(), max_time=args.max_time)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     vocab.save(args.out)
     lo, hi = vocab.time_range
     print(f"vocabulary of {len(vocab):,} tokens ({int(vocab.is_gene.sum()):,} genes, time tokens {lo}..{hi}) "
           f"-> {args.out}")
+    if medians == released_medians():
+        print("maxtoki: note: these are the released MaxToki medians; a vocabulary of all their genes does not fit "
+              "the released weights: `maxtoki data released --out DIR` writes the one that does", file=sys.stderr)
+
+
+def _run_released(args) -> None:
+    from maxtoki.released import write_released
+
+    from maxtoki.vocab import Vocabulary
+
+    paths = write_released(args.out)
+    vocab = Vocabulary.load(paths["vocab"])
+    print(f"the released MaxToki vocabulary, {len(vocab):,} tokens ({int(vocab.is_gene.sum()):,} genes at their "
+          f"released ids 4..{int(vocab.gene_ids[-1]):,}, time tokens -1500..1499 at "
+          f"{vocab['-1500']:,}..{vocab['1499']:,}, <boq>={vocab['<boq>']:,}, <eoq>={vocab['<eoq>']:,}) -> "
+          f"{paths['vocab']}; the released gene medians -> {paths['medians']} (Apache 2.0: {paths['attribution']})")
 
 
 def _run_tokenize(args) -> None:

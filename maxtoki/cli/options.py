@@ -31,6 +31,13 @@ def add_model_options(parser: argparse.ArgumentParser, data_help: str, out_help:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
+def add_untrained_time_option(parser: argparse.ArgumentParser) -> None:
+    """Commands that read the time tokens refuse a model stage 2 has not trained, unless told."""
+    parser.add_argument("--allow-untrained-time", action="store_true",
+                        help="run on a model whose time tokens were never trained (a stage-1 model, imported "
+                             "released weights): its outputs are noise and carry a warning")
+
+
 def share(text: str) -> float:
     """A share strictly between 0 and 1 (a coverage or confidence)."""
     try:

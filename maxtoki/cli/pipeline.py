@@ -36,6 +36,12 @@ def add_commands(commands) -> None:
                           help="tokens per cell: its N-2 top-ranked genes (default 256; longer cells see more "
                                "genes and train slower)")
     pipeline.add_argument("--model-size", default="tiny", help="tiny (CPU), 217m or 1b (GPU) (default tiny)")
+    pipeline.add_argument("--pretrained", metavar="MODEL",
+                          help="start stage 2 from this model directory (maxtoki import-hf of the released weights, "
+                               "or export-hf): stage 1 is skipped, the cells are encoded with its vocabulary")
+    pipeline.add_argument("--medians", metavar="JSON",
+                          help="with --pretrained: the gene medians its cells were encoded with (default for the "
+                               "released vocabulary: the released medians)")
     pipeline.add_argument("--examples", type=int, default=4000, metavar="N", help="stage-2 training examples")
     pipeline.add_argument("--pretrain-batches", type=int, default=200, metavar="N", help="stage-1 batches (200)")
     pipeline.add_argument("--temporal-batches", type=int, default=1000, metavar="N", help="stage-2 batches (1000)")
@@ -55,7 +61,8 @@ def _run_pipeline(args) -> None:
                               args.min_expression, args.chunk_size, args.cell_length, args.model_size, args.examples,
                               pretrain_batches=args.pretrain_batches, temporal_batches=args.temporal_batches,
                               overrides=tuple(args.overrides), validation_fraction=args.validation_fraction,
-                              baseline_columns=tuple(args.baseline_columns))
+                              baseline_columns=tuple(args.baseline_columns), pretrained=args.pretrained,
+                              medians=args.medians)
     metrics = run_pipeline(args.data, args.out, options, log=lambda line: print(line, flush=True))
     print()
     print(scores_table(metrics, f"{args.time_column} x {args.time_scale:g}" if args.time_scale != 1 else

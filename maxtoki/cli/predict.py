@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from maxtoki.cli.options import add_model_options, share
+from maxtoki.cli.options import add_model_options, add_untrained_time_option, share
 
 
 def add_commands(commands) -> None:
@@ -26,6 +26,7 @@ def add_commands(commands) -> None:
     predict_time.add_argument("--donor-column", metavar="COL",
                               help="cell column naming each cell's donor, for scores per donor (default: the "
                                    "paragraphs' groups, when they were grouped by columns)")
+    add_untrained_time_option(predict_time)
     predict_time.set_defaults(func=_run_predict_time, runs_model=True)
 
     generate = commands.add_parser("generate", help="NextCell: generate the cell expected after a time")
@@ -42,6 +43,7 @@ def add_commands(commands) -> None:
                                "cells their manifest names; skipped with a note when those are not readable)")
     generate.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                           help="only generate: do not judge the generated cells against the real cells")
+    add_untrained_time_option(generate)
     generate.set_defaults(func=_run_generate, runs_model=True)
 
     embed = commands.add_parser("embed", help="one vector per cell -> obsm['X_maxtoki'] of an .h5ad")
@@ -60,7 +62,8 @@ def _run_predict_time(args) -> None:
     from maxtoki.pipeline import scores_table
 
     metrics = predict_time(args.checkpoint, args.data, args.out, args.train_data, args.batch_size, args.device,
-                           args.interval, args.calibration_data, tuple(args.baseline_columns), args.donor_column)
+                           args.interval, args.calibration_data, tuple(args.baseline_columns), args.donor_column,
+                           args.allow_untrained_time)
     print(scores_table(metrics))
     print(f"(linear regressor {metrics['baseline_linear_fit']}); predictions.csv, metrics.json and "
           f"predicted_vs_true.png in {args.out}")
@@ -71,7 +74,9 @@ def _run_generate(args) -> None:
 
     sampling = Sampling(not args.sample, args.temperature, args.top_k, args.top_p, args.max_new_tokens, args.seed)
     result = generate(args.checkpoint, args.data, args.out, sampling, args.batch_size, args.device,
-                      evaluate=args.evaluate, cells=args.cells)
+                      evaluate=args.evaluate, cells=args.cells, allow_untrained_time=args.allow_untrained_time)
+    if result["warning"]:
+        print(f"maxtoki: warning: {result['warning']}", file=sys.stderr)
     print(f"generated {result['cells']} cells -> {args.out}/tokens.jsonl and {args.out}/generated_cells.h5ad")
     summary = result["evaluation"]
     if summary is None:

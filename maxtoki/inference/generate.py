@@ -128,13 +128,15 @@ def cells_to_anndata(cells: list[np.ndarray], vocab: Vocabulary, obs=None):
 
 
 def generate(model, data: str, out, sampling: Sampling = Sampling(), batch_size: int = 8,
-             device: str = "cpu", *, evaluate: bool = True, cells: str | None = None) -> dict:
+             device: str = "cpu", *, evaluate: bool = True, cells: str | None = None,
+             allow_untrained_time: bool = False) -> dict:
     """Generate the response cell of every NextCell prompt of evaluation paragraphs; write tokens and AnnData.
     ``model``: a checkpoint path or a model from ``load_model``.
 
     Unless ``evaluate`` is False, the generated cells are judged against the real cells of the paragraphs
     (read from ``cells``, by default the cells their manifest names; see ``judge_cells``): evaluation.json
-    and evaluation.png. Returns the number of cells, the evaluation summary, and why there is none.
+    and evaluation.png. Returns the number of cells, the evaluation summary, why there is none, and a warning
+    (a model whose time tokens stage 2 never trained is refused unless ``allow_untrained_time``).
     """
     import json
     from pathlib import Path
@@ -143,11 +145,12 @@ def generate(model, data: str, out, sampling: Sampling = Sampling(), batch_size:
 
     from maxtoki.data.paragraphs.blueprint import NEXT_CELL
     from maxtoki.errors import MaxtokiError
-    from maxtoki.inference.loading import model_for
+    from maxtoki.inference.loading import model_for, untrained_time_warning
     from maxtoki.inference.predict_time import evaluation_prompts
 
     examples, vocab = evaluation_prompts(data, NEXT_CELL)
     model = model_for(model, vocab)
+    warning = untrained_time_warning(model, allow_untrained_time)
     limit = model.config.max_position_embeddings
     if max(len(e["prompt_ids"]) for e in examples) + 1 > limit:
         raise MaxtokiError(f"prompts are longer than the model's context ({limit}); make paragraphs with a smaller "
@@ -173,17 +176,20 @@ def generate(model, data: str, out, sampling: Sampling = Sampling(), batch_size:
     with open(out / "tokens.jsonl", "w") as handle:
         for cell in generated:
             handle.write(json.dumps([int(t) for t in cell]) + "\n")
-    cells_to_anndata(generated, vocab, obs).write_h5ad(out / "generated_cells.h5ad")
+    adata = cells_to_anndata(generated, vocab, obs)
+    if warning:
+        adata.uns["warning"] = warning
+    adata.write_h5ad(out / "generated_cells.h5ad")
     if judged:
         from maxtoki.inference.judge_cells import plot_judgement
 
-        summary = {**judged["summary"], "sampling": sampling.__dict__}
+        summary = {**judged["summary"], "sampling": sampling.__dict__, "warning": warning}
         (out / EVALUATION_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         plot_judgement(judged, out / EVALUATION_PICTURE)
-        return {"cells": len(generated), "evaluation": summary, "not_evaluated": None}
+        return {"cells": len(generated), "evaluation": summary, "not_evaluated": None, "warning": warning}
     for stale in (EVALUATION_FILE, EVALUATION_PICTURE):  # of an earlier run into the same directory
         (out / stale).unlink(missing_ok=True)
-    return {"cells": len(generated), "evaluation": None, "not_evaluated": not_evaluated}
+    return {"cells": len(generated), "evaluation": None, "not_evaluated": not_evaluated, "warning": warning}
 
 
 EVALUATION_FILE, EVALUATION_PICTURE = "evaluation.json", "evaluation.png"

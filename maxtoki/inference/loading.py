@@ -70,6 +70,23 @@ def model_vocabulary(model: str | Path | LlamaForCausalLM, vocab: Vocabulary | s
     return vocabulary
 
 
+def untrained_time_warning(model, allow: bool = False) -> str | None:
+    """None for a model whose time tokens stage 2 trained. For one whose time tokens never were (a stage-1 model,
+    imported released weights), the read-outs of those rows are noise that looks like numbers: an error, or with
+    ``allow`` the warning that the outputs then carry."""
+    from maxtoki.inference.export import time_tokens_trained
+
+    if time_tokens_trained(getattr(model.config, "maxtoki", None) or {}):
+        return None
+    name = model_name(model)
+    problem = (f"{name}: its time tokens were never trained (a stage-1 model, such as imported released weights): "
+               "predicted times and generated cells would be noise that looks like numbers")
+    if allow:
+        return f"{problem}; read anyway (--allow-untrained-time)"
+    raise MaxtokiError(f"{problem}; run stage 2 on it first (maxtoki pipeline DATA.h5ad --time-column COL "
+                       f"--pretrained {name} --out DIR), or give --allow-untrained-time to read it anyway")
+
+
 def _given_or_bundled(model, vocab: Vocabulary | str | Path | None) -> Vocabulary | None:
     if isinstance(vocab, Vocabulary):
         return vocab
@@ -97,6 +114,7 @@ def load_composer_checkpoint(checkpoint: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from maxtoki import storage
+    from maxtoki.model.head_padding import unpad_heads
 
     local = checkpoint
     if storage.is_remote(checkpoint):
@@ -112,6 +130,7 @@ def load_composer_checkpoint(checkpoint: str):
         weights = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
         model = LlamaForCausalLM(LlamaConfig.from_dict(content))
         model.load_state_dict(weights, strict=True)
+        unpad_heads(model)  # a run with padded heads (fused attention) computes exactly what the unpadded model does
     except (KeyError, RuntimeError, EOFError, OSError, TypeError) as exc:
         raise MaxtokiError(f"{checkpoint}: not a MaxToki Composer checkpoint, or damaged ({exc})") from None
     return model.eval()

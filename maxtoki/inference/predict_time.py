@@ -21,7 +21,7 @@ from maxtoki.data.paragraphs.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
 from maxtoki.inference.donor_scores import donor_scores, donors_of, per_donor
 from maxtoki.inference.linear_baseline import linear_baseline
-from maxtoki.inference.loading import model_for
+from maxtoki.inference.loading import model_for, untrained_time_warning
 from maxtoki.inference.naive_baseline import CellTimes, cell_kinds, naive_timelapses
 from maxtoki.inference.timelapse_readout import (
     DEFAULT_INTERVAL,
@@ -101,7 +101,7 @@ def collapse_warning(predicted: np.ndarray, true: np.ndarray) -> str | None:
 def predict_time(model, data: str, out: str | Path, train_data: str | None = None,
                  batch_size: int = 8, device: str = "cpu", interval: float = DEFAULT_INTERVAL,
                  calibration_data: str | None = None, baseline_columns: tuple[str, ...] = (),
-                 donor_column: str | None = None) -> dict:
+                 donor_column: str | None = None, allow_untrained_time: bool = False) -> dict:
     """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out`` (and per_donor.csv where donors
     exist); returns the metrics. ``model``: a checkpoint path or a model from ``load_model``.
 
@@ -111,11 +111,13 @@ def predict_time(model, data: str, out: str | Path, train_data: str | None = Non
     ``baseline_columns`` (cell columns, e.g. cell_type sex) define the kinds of the naive baseline.
     ``donor_column`` (a cell column) names each query cell's donor; without it the paragraphs' groups are the
     donors when they were made from cell columns (``--group-columns`` at tokenization or for the paragraphs).
+    A model whose time tokens stage 2 never trained is refused unless ``allow_untrained_time``.
     """
     import pandas as pd
 
     examples, vocab = evaluation_prompts(data, TIME_BETWEEN_CELLS)
     model = model_for(model, vocab)
+    untrained = untrained_time_warning(model, allow_untrained_time)
     level, calibration_prompts = _calibrated_level(model, calibration_data, vocab, batch_size, device, interval) \
         if calibration_data else (None, 0)
     readout = predict(model, examples, vocab, batch_size, device, interval, level)
@@ -156,7 +158,7 @@ def predict_time(model, data: str, out: str | Path, train_data: str | None = Non
         "baseline_linear_fit": linear_fit,
         "prediction_std": float(np.std(expected)),
         "true_std": float(np.std(true)),
-        "warning": collapse_warning(expected, true),
+        "warning": "; ".join(w for w in (untrained, collapse_warning(expected, true)) if w) or None,
         **intervals,
         "baselines_from": train_data or f"{data} itself (no --train-data given: the training mean is optimistic; "
                                         "the most common time leaves each query cell out, the linear regressor is "

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from composer.models import HuggingFaceModel
 
 from maxtoki.model.builders import build_backbone
+from maxtoki.model.head_padding import padding_parameters
 from maxtoki.model.losses import IGNORE, Scored, scored_labels, temporal_loss
 from maxtoki.model.metrics import (
     NextGeneAccuracy,
@@ -53,7 +54,8 @@ class MaxTokiModel(HuggingFaceModel):
             raise ValueError("time_smoothing must be 0 (off) or a width in time units")
         self.time_smoothing = float(time_smoothing)
         # counted before any FSDP sharding: the non-embedding weights every token passes through
-        self._flop_weights = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
+        self._flop_weights = (sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
+                              - padding_parameters(model.config))
         self._scored_positions = None  # (batch, length) bool while a forward pass scores positions
         model.lm_head.register_forward_pre_hook(self._select_scored_positions)
         not_cell_token = torch.ones(model.config.vocab_size, dtype=torch.bool)
@@ -131,15 +133,15 @@ class _RecipeModel(MaxTokiModel):
 
     objective = "pretrain"
 
-    def __init__(self, size: str, vocab: str, max_seq_len: int = 4096, rope_scaling: dict | None = None,
+    def __init__(self, size: str | None, vocab: str, max_seq_len: int = 4096, rope_scaling: dict | None = None,
                  attn_implementation: str = "auto", pretrained: str | None = None, label_scalar: float = 200.0,
                  additive_penalty: float = 10.0, timelapse_loss: str = "numeric", time_smoothing: float = 0.0,
                  config_overrides: dict | None = None,
-                 init_device: str = "cpu", tokenizer=None):
+                 init_device: str = "cpu", pad_heads: str | bool = "auto", tokenizer=None):
         from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
 
         model, vocabulary = build_backbone(size, vocab, max_seq_len, rope_scaling, attn_implementation, pretrained,
-                                           config_overrides, init_device)
+                                           config_overrides, init_device, pad_heads)
         prepare_hf_model_for_fsdp(model, init_device)  # FSDP wraps each decoder layer; meta init materialises
         super().__init__(model, vocabulary, type(self).objective, label_scalar, additive_penalty, timelapse_loss,
                          time_smoothing)

@@ -51,11 +51,14 @@ def initialize_module(model, module: torch.nn.Module) -> None:
     """Hugging Face's initialisation of ``module``'s own parameters (not its children's)."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+    from maxtoki.model.head_padding import zero_padding_of
+
     with torch.no_grad():
         if isinstance(module, LlamaRMSNorm):
             module.weight.fill_(1.0)
         else:
             model._init_weights(module)
+            zero_padding_of(model, module)
 
 
 def materialize(model, device: str | torch.device = "cpu") -> None:
