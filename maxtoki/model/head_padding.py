@@ -44,17 +44,7 @@ def pad_heads(model, multiple: int = 8) -> None:
     wide = padded_head_dim(real, multiple)
     if wide == real:
         return
-    for layer in model.model.layers:
-        attention = layer.self_attn
-        for name, heads in (("q_proj", config.num_attention_heads), ("k_proj", config.num_key_value_heads),
-                            ("v_proj", config.num_key_value_heads)):
-            linear = getattr(attention, name)
-            setattr(attention, name, _linear(_widen(linear.weight.data, heads, real, wide, 0),
-                                             None if linear.bias is None else
-                                             _widen(linear.bias.data, heads, real, wide, 0)))
-        out = attention.o_proj
-        attention.o_proj = _linear(_widen(out.weight.data, config.num_attention_heads, real, wide, 1),
-                                   None if out.bias is None else out.bias.data)
+    _reshape_projections(model, real, wide, _widen)
     config.head_dim = wide
     setattr(config, PADDED, real)
     apply_unpadded_rotary(model)
@@ -67,18 +57,9 @@ def unpad_heads(model) -> None:
     if not real:
         return
     wide = config.head_dim
+    _reshape_projections(model, real, wide, _narrow)
     for layer in model.model.layers:
-        attention = layer.self_attn
-        for name, heads in (("q_proj", config.num_attention_heads), ("k_proj", config.num_key_value_heads),
-                            ("v_proj", config.num_key_value_heads)):
-            linear = getattr(attention, name)
-            setattr(attention, name, _linear(_narrow(linear.weight.data, heads, real, wide, 0),
-                                             None if linear.bias is None else
-                                             _narrow(linear.bias.data, heads, real, wide, 0)))
-        out = attention.o_proj
-        attention.o_proj = _linear(_narrow(out.weight.data, config.num_attention_heads, real, wide, 1),
-                                   None if out.bias is None else out.bias.data)
-        attention.head_dim, attention.scaling = real, real ** -0.5
+        layer.self_attn.head_dim, layer.self_attn.scaling = real, real ** -0.5
     config.head_dim = real
     delattr(config, PADDED)
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -141,6 +122,22 @@ def padding_parameters(config) -> int:
     extra = config.head_dim - real
     per_layer = extra * config.hidden_size * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
     return per_layer * config.num_hidden_layers
+
+
+def _reshape_projections(model, real: int, wide: int, reshape) -> None:
+    """Every layer's q/k/v rows and o columns, head by head, through ``reshape`` (``_widen`` or ``_narrow``)."""
+    config = model.config
+    for layer in model.model.layers:
+        attention = layer.self_attn
+        for name, heads in (("q_proj", config.num_attention_heads), ("k_proj", config.num_key_value_heads),
+                            ("v_proj", config.num_key_value_heads)):
+            linear = getattr(attention, name)
+            setattr(attention, name, _linear(reshape(linear.weight.data, heads, real, wide, 0),
+                                             None if linear.bias is None else
+                                             reshape(linear.bias.data, heads, real, wide, 0)))
+        out = attention.o_proj
+        attention.o_proj = _linear(reshape(out.weight.data, config.num_attention_heads, real, wide, 1),
+                                   None if out.bias is None else out.bias.data)
 
 
 def _head_dim(config) -> int:
