@@ -237,7 +237,7 @@ def test_stage2_by_the_217m_recipe_starts_from_the_imported_release(released, tm
         "model.rope_scaling.factor=1.0", "model.rope_scaling.original_max_position_embeddings=256",
         "precision=fp32", "fsdp_config=null", "device_train_microbatch_size=2", "global_train_batch_size=2",
         "device_eval_batch_size=2", "max_duration=2ba", "eval_interval=2ba", "eval_subset_num_batches=1",
-        "save_interval=2ba", f"save_folder={tmp_path / 'run'}", "scheduler.t_warmup=0ba",
+        "save_interval=2ba", "save_weights_only=true", f"save_folder={tmp_path / 'run'}", "scheduler.t_warmup=0ba",
         "train_loader.num_workers=0", "train_loader.persistent_workers=false", "train_loader.pin_memory=false",
         "train_loader.prefetch_factor=null", "eval_loader.num_workers=0"])
     assert int(trainer.state.timestamp.batch) == 2
