@@ -143,15 +143,12 @@ def import_hf(source: str | Path, out: str | Path, vocab_path: str | Path | None
                 kept = weights[key][:released]
                 weights[key] = torch.cat([kept, new_rows(kept, new_size - released, new_token_init,
                                                          key == "lm_head.weight", std, generator)])
-        settings = {**{k: v for k, v in settings.items() if k != "vocabulary_sha256"}, "objective": "pretrain",
-                    "time_tokens_trained": False}
-    trained = time_tokens_trained(settings)
+    trained = not extend and time_tokens_trained(settings)
     settings = {"label_scalar": float(label_scalar), "additive_penalty": float(additive_penalty),
                 "timelapse_loss": timelapse_loss, **settings, "vocabulary_sha256": layout.sha256,
                 "imported_from": str(source)}
     if not trained:
-        settings.setdefault("objective", "pretrain")
-        settings["time_tokens_trained"] = False
+        settings.update(objective="pretrain", time_tokens_trained=False)
     hf_config = LlamaConfig.from_dict({**config, "vocab_size": new_size})
     hf_config.maxtoki = settings
     staging = out.parent / f".{out.name}.importing"
