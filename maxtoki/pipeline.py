@@ -47,13 +47,14 @@ class PipelineOptions:
     allow_non_integer: bool = False
     min_expression: float = 0.0
     chunk_size: int = 2048
-    # model and training
-    cell_length: int = 256  # tokens per cell, <bos> and <eos> included
+    # model and training (None: sized to the time course, ``SIZINGS``)
+    cell_length: int | None = None  # tokens per cell, <bos> and <eos> included
+    pretrain_cell_length: int | None = None  # stage 1 reads each cell's top-ranked prefix of this length
     model_size: str = "tiny"
-    examples: int = 4000
-    task_ratio: float = 0.75  # TimeBetweenCells share of the stage-2 examples
-    pretrain_batches: int = 200
-    temporal_batches: int = 1000
+    examples: int | None = None
+    task_ratio: float = 0.875  # TimeBetweenCells share of the stage-2 examples
+    pretrain_batches: int | None = None
+    temporal_batches: int | None = None
     overrides: tuple[str, ...] = field(default=())  # extra key=value for both recipes
     pretrained: str | None = None  # a model directory (import-hf, export-hf): stage 1 is skipped
     medians: str | None = None  # the gene medians the pretrained model's cells were encoded with
@@ -66,12 +67,53 @@ class PipelineOptions:
             raise MaxtokiError(f"--holdout-fraction {self.holdout_fraction:g}: give a fraction between 0 and 1")
         if not 0 <= self.validation_fraction < 1:
             raise MaxtokiError(f"--validation-fraction {self.validation_fraction:g}: give a fraction in [0, 1)")
-        if self.cell_length < 16:
+        if self.cell_length is not None and self.cell_length < 16:
             raise MaxtokiError("--cell-length must be at least 16 tokens")
+        if self.pretrain_cell_length is not None and not (
+                16 <= self.pretrain_cell_length <= (self.cell_length or self.pretrain_cell_length)):
+            raise MaxtokiError(f"--pretrain-cell-length {self.pretrain_cell_length}: give at least 16 tokens and at "
+                               f"most --cell-length ({self.cell_length})")
         if self.medians and not self.pretrained:
             raise MaxtokiError("--medians goes with --pretrained (without it the pipeline computes the data's own)")
-        if min(self.pretrain_batches, self.temporal_batches, self.examples) < 1:
+        if min(n for n in (self.pretrain_batches, self.temporal_batches, self.examples, 1) if n is not None) < 1:
             raise MaxtokiError("--pretrain-batches, --temporal-batches and --examples must be positive")
+        if not 0 < self.task_ratio <= 1:
+            raise MaxtokiError(f"--task-ratio {self.task_ratio:g}: give the TimeBetweenCells share, in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The training sizes the pipeline picks when they are not given."""
+
+    name: str
+    cell_length: int
+    pretrain_cell_length: int
+    pretrain_batches: int
+    temporal_batches: int
+    examples: int
+
+
+# CPU-sized, for time courses of up to SMALL_COURSE cells: chosen by measurement on the bundled HSMM course on
+# 2 CPU cores (benchmarks/README.md, "Cells long enough to carry the time"): 1,024-token cells carry twice the
+# time 256-token ones do for a per-cell read-out, stage 1 reads their top 254 genes (it scores every position
+# over the vocabulary), 350 stage-2 batches. GPU-sized for more cells: the paper's 4,096-token stage-1 context
+# and ten times the training.
+SMALL_COURSE = 2_000
+SIZINGS = (Sizing("CPU-sized", 1024, 256, 100, 350, 4000), Sizing("GPU-sized", 4096, 4096, 2000, 4000, 20000))
+
+
+def sized(options: PipelineOptions, cells: int) -> tuple[PipelineOptions, Sizing]:
+    """``options`` with every training size it leaves open taken from the sizing for ``cells`` cells."""
+    import dataclasses
+
+    sizing = SIZINGS[0] if cells <= SMALL_COURSE else SIZINGS[1]
+    cell_length = options.cell_length or sizing.cell_length
+    chosen = dict(cell_length=cell_length,
+                  pretrain_cell_length=options.pretrain_cell_length or min(cell_length, sizing.pretrain_cell_length),
+                  pretrain_batches=options.pretrain_batches or sizing.pretrain_batches,
+                  temporal_batches=options.temporal_batches or sizing.temporal_batches,
+                  examples=options.examples or sizing.examples)
+    return dataclasses.replace(options, **chosen), sizing
 
 
 @dataclass(frozen=True)
@@ -186,6 +228,26 @@ def encode_from_scratch(data, out: Path, options: PipelineOptions, course: TimeC
     log(f"== 3/8 rank value encoding: each cell's top-ranked genes, {len(genes):,} of the {len(medians):,} genes "
         "with a median")
     encode(genes)
+    encode_pretrain_prefix(data, out, options, tokenize)
+
+
+def stage1_length(options: PipelineOptions) -> int:
+    return min(options.pretrain_cell_length or options.cell_length, options.cell_length)
+
+
+def encode_pretrain_prefix(data, out: Path, options: PipelineOptions, tokenize) -> None:
+    """Stage 1's cells, when it reads a shorter top-ranked prefix of each cell than stage 2 (``pretrain-cells/``):
+    next-gene prediction scores every position over the whole vocabulary, so its cost grows with the cell while
+    what it teaches (which genes go together) is mostly in the top ranks."""
+    import dataclasses
+
+    from maxtoki.data.cells.tokenize import tokenize_files
+
+    if stage1_length(options) == options.cell_length:
+        return
+    tokenize_files([data], out / VOCAB_FILE, out / "medians.json", str(out / "pretrain-cells"),
+                   options=dataclasses.replace(tokenize, model_input_size=stage1_length(options)),
+                   gene_mapping_path=options.gene_mapping, workers=options.workers, overwrite=True)
 
 
 def pretrained_inputs(options: PipelineOptions, course: TimeCourse):
@@ -241,6 +303,11 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
     start = time.monotonic()
     out = Path(out)
     course = read_time_course(data, options)
+    options, sizing = sized(options, course.cells)
+    log(f"== sizes for {course.cells:,} cells ({sizing.name}; CPU-sized up to {SMALL_COURSE:,} cells): "
+        f"{options.cell_length}-token cells (stage 1: {stage1_length(options)}), {options.model_size} model, "
+        f"{options.pretrain_batches} stage-1 and {options.temporal_batches} stage-2 batches, {options.examples:,} "
+        "stage-2 examples")
     max_time, scale = time_token_range(course), read_out_scale(course)
     if options.pretrained and options.model_size != "tiny":
         raise MaxtokiError("--model-size and --pretrained: the pretrained model's size is the size")
@@ -316,15 +383,19 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
         source = f"the weights of {options.pretrained}"
     else:
         common.insert(0, f"model.size={options.model_size}")
+        length = stage1_length(options)
+        prefix = f", each cell's top {length - 2} genes" if length < options.cell_length else ""
         log(f"== 5/8 stage 1: next-gene prediction on single cells ({options.model_size} model, "
-            f"{options.pretrain_batches} batches)")
+            f"{options.pretrain_batches} batches{prefix})")
+        cells = out / ("pretrain-cells" if length < options.cell_length else "cells")
         train_from_recipe(str(RECIPES / "pretrain/tiny-cpu.yaml"), [
-            f"variables.data={out / 'cells'}", f"variables.vocab={out / VOCAB_FILE}",
-            f"save_folder={runs / 'pretrain'}", f"max_seq_len={options.cell_length}",
+            f"variables.data={cells}", f"variables.vocab={out / VOCAB_FILE}",
+            f"save_folder={runs / 'pretrain'}", f"max_seq_len={length}",
+            f"model.gene_embeddings_from={out / 'cells'}",
             f"max_duration={options.pretrain_batches}ba", f"eval_interval={options.pretrain_batches}ba",
             f"save_interval={options.pretrain_batches}ba", *common])
         start = [f"variables.pretrained={runs / 'pretrain' / 'latest-rank0.pt'}",
-                 f"model.rope_scaling.original_max_position_embeddings={options.cell_length}"]
+                 f"model.rope_scaling.original_max_position_embeddings={length}"]
         source = "the stage-1 weights"
 
     log(f"== 6/8 stage 2: TimeBetweenCells and NextCell from {source} ({options.temporal_batches} "
@@ -338,31 +409,35 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
         f"max_duration={options.temporal_batches}ba",
         f"eval_interval={options.temporal_batches}ba", f"save_interval={options.temporal_batches}ba", *common])
 
-    log("== 7/8 predicted time between held-out cells, with baselines")
+    # the trained model is written before anything that could fail on what it learned (e.g. calibration)
+    log("== 7/8 the model as a Hugging Face directory")
     checkpoint = str(runs / "temporal" / "latest-rank0.pt")
+    export_hf(checkpoint, out / "hf-model", out / VOCAB_FILE, options.time_column)
+
+    log("== 8/8 predicted time between held-out cells, with baselines")
     metrics = predict_time(checkpoint, str(out / "eval" / evaluation), out / "predictions",
                            train_data=str(out / "paragraphs" / "train"),
                            calibration_data=str(out / "eval" / calibration) if calibration else None,
-                           baseline_columns=tuple(options.baseline_columns))
+                           baseline_columns=tuple(options.baseline_columns), calibration_failure="warn")
     # stage 2's own evaluation, on paragraphs of cells it did not train on: NextCell cross-entropy among them
     metrics["stage2_evaluation"] = {"data": str(out / "paragraphs" / (calibration or evaluation)),
                                     **{key: float(value) for key, value in trainer.state.eval_metric_values.items()}}
-
-    log("== 8/8 the model as a Hugging Face directory")
-    export_hf(checkpoint, out / "hf-model", out / VOCAB_FILE, options.time_column)
     return metrics
 
 
 SCORE_ROWS = [("model (expected value)", "model"), ("model (most likely token)", "model_argmax"),
               ("baseline: training-mean Δ", "baseline_training_mean"),
               ("baseline: most common time of kind", "baseline_most_common_time"),
-              ("baseline: linear regressor", "baseline_linear")]
+              ("baseline: linear regressor", "baseline_linear"),
+              ("ceiling: per-cell time classifier", "baseline_ceiling")]
 
 
 def _score_lines(rows: dict, keys: list[tuple[str, str]]) -> list[str]:
     width = max(36, *(len(name) + 2 for name, _ in keys))
     lines = [f"  {'':<{width}}{'MAE':>8}{'median |e|':>12}{'Pearson r':>10}"]
     for name, key in keys:
+        if key not in rows:
+            continue
         score = rows[key]
         pearson = "-" if score["pearson_r"] != score["pearson_r"] else f"{score['pearson_r']:.2f}"  # NaN: constant
         lines.append(f"  {name:<{width}}{score['mae']:>8.1f}{score['median_absolute_error']:>12.1f}{pearson:>10}")
@@ -372,21 +447,30 @@ def _score_lines(rows: dict, keys: list[tuple[str, str]]) -> list[str]:
 def scores_table(metrics: dict, unit: str = "") -> str:
     """The held-out scores of the model and its baselines, as ``predict time``, the demo and the pipeline print
     them: per prompt, the intervals' coverage, and per donor where donors exist."""
+    from maxtoki.inference.predict_time import PAPER_BASELINES
+
     kinds = metrics["baseline_most_common_time_fit"]["columns"]
     rows = [(name + (f" ({'+'.join(kinds)})" if key == "baseline_most_common_time" and kinds else ""), key)
             for name, key in SCORE_ROWS]
     lines = [f"Time between two held-out cells, {metrics['examples']} prompts{f' ({unit})' if unit else ''}:",
              *_score_lines(metrics, rows)]
     model = metrics["model"]["mae"]
-    baselines = {key: metrics[key]["mae"] for key in ("baseline_training_mean", "baseline_most_common_time",
-                                                       "baseline_linear")}
-    beaten = [name.removeprefix("baseline: ") for name, key in rows[2:] if model < baselines[key]]
-    unbeaten = [name.removeprefix("baseline: ") for name, key in rows[2:] if model >= baselines[key]]
+    paper = [(name, key) for name, key in rows if key in PAPER_BASELINES]
+    baselines = {key: metrics[key]["mae"] for _, key in paper}
+    beaten = [name.removeprefix("baseline: ") for name, key in paper if model < baselines[key]]
+    unbeaten = [name.removeprefix("baseline: ") for name, key in paper if model >= baselines[key]]
     verdict = ("beats every baseline" if not unbeaten else
                f"beats the baselines {' and '.join(beaten)}, not {' and '.join(unbeaten)}" if beaten else
                "does not beat any baseline: it has not learned to place cells in time")
     lines.append(f"The model {verdict} (MAE {model:.1f}; the baselines' "
                  f"{', '.join(f'{v:.1f}' for v in baselines.values())}).")
+    if "baseline_ceiling" in metrics:
+        ceiling = metrics["baseline_ceiling"]["mae"]
+        lines.append(f"The ceiling, a per-cell time classifier on the same encoded cells (how much time they carry "
+                     f"for a linear read-out), misses by {ceiling:.1f}: the model's error is "
+                     f"{model / ceiling:.2f} x the ceiling's" if ceiling > 0 else
+                     f"The ceiling, a per-cell time classifier on the same encoded cells, is exact (MAE 0)")
+        lines[-1] += "."
     lines.append(f"Its {metrics['interval_nominal']:.0%} intervals hold the true time for "
                  f"{metrics['interval_coverage']:.0%} of the prompts (mean width {metrics['interval_mean_width']:.1f})"
                  + (f"; calibrated on {metrics['calibrated']['prompts']} other held-out prompts: "

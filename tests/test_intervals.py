@@ -67,3 +67,121 @@ def test_calibrating_the_share_reaches_the_nominal_coverage(spread):
 
 def test_too_few_calibration_prompts_give_no_finite_share():
     assert conformal_level(np.zeros(3), 0.8) == np.inf
+
+
+def test_calibrated_shares_of_zero_and_one_give_one_token_and_the_whole_range():
+    vocab = Vocabulary.build([f"ENSG{i:011d}" for i in range(1, 4)], max_time=10)
+    logits = torch.full((1, len(vocab)), -1e4)
+    logits[0, vocab.time_token(3)] = 0.0  # all mass on one time
+    point = TimelapseReadout(vocab, calibrated=0.0).read(logits, np.array([3.0]))
+    assert (point.calibrated_low[0], point.calibrated_high[0]) == (3, 3) and point.needed[0] == 0.0
+    whole = TimelapseReadout(vocab, calibrated=1.0).read(torch.zeros((1, len(vocab))))
+    assert (whole.calibrated_low[0], whole.calibrated_high[0]) == (-10, 9)
+    with pytest.raises(ValueError, match="calibrated share"):
+        TimelapseReadout(vocab, calibrated=1.5)
+
+
+class Oracle(torch.nn.Module):
+    """A stand-in stage-2 model whose distribution at ``<eoq>`` is all on the true Δ (``exact``) or flat over the
+    time tokens (``unsure``); the truth is looked up by prompt."""
+
+    def __init__(self, vocab: Vocabulary, truths: dict[bytes, int], mode: str):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(vocab_size=len(vocab), max_position_embeddings=4096,
+                                      maxtoki={"objective": "temporal"})
+        self.vocab, self.truths, self.mode = vocab, truths, mode
+
+    def forward(self, input_ids, attention_mask, logits_to_keep):
+        """Logits at the positions ``logits_to_keep`` (a tensor of positions, as Hugging Face models take it)."""
+        from types import SimpleNamespace
+
+        logits = torch.full((*input_ids.shape, len(self.vocab)), -1e4)
+        numeric = torch.as_tensor(self.vocab.numeric_ids)
+        for row, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
+            last = int(mask.sum()) - 1
+            if self.mode == "unsure":
+                logits[row, last, numeric] = 0.0
+            else:
+                truth = self.truths[ids[:last + 1].numpy().astype(np.int64).tobytes()]
+                logits[row, last, self.vocab.time_token(truth)] = 0.0
+        return SimpleNamespace(logits=logits[:, logits_to_keep])
+
+
+@pytest.fixture(scope="module")
+def simulated_prompts(tmp_path_factory):
+    """Simulated donors: training paragraphs, and evaluation prompts of test and validation donors."""
+    from maxtoki.cli import main
+
+    def cli(*argv):
+        assert main([str(a) for a in argv]) == 0
+
+    root = tmp_path_factory.mktemp("calibration")
+    cli("data", "simulate", "--out", root / "sim.h5ad", "--donors", 12, "--ages-per-donor", 3, "--cells-per-sample",
+        3, "--genes", 60, "--seed", 5)
+    cli("data", "medians", root / "sim.h5ad", "--out", root / "m.json")
+    cli("data", "vocab", "--medians", root / "m.json", "--out", root / "v.json", "--max-time", 100)
+    cli("data", "tokenize", root / "sim.h5ad", "--vocab", root / "v.json", "--medians", root / "m.json",
+        "--out", root / "cells", "--time-column", "age", "--group-columns", "donor", "--model-input-size", 16)
+    split = ["--split", "train=0.5,test=0.25,val=0.25", "--time-scale", 1 / 12]
+    cli("data", "paragraphs", root / "cells", "--out", root / "p", "--num-examples", 100, *split)
+    cli("data", "paragraphs", root / "cells", "--out", root / "eval", "--num-examples", 200, "--eval", *split)
+    cli("data", "paragraphs", root / "cells", "--out", root / "few", "--num-examples", 8, "--eval", *split)
+    return root, Vocabulary.load(root / "v.json")
+
+
+def oracle(root, vocab, mode):
+    from maxtoki.data.paragraphs.cell_store import CellStore
+
+    truths = {np.asarray(e["prompt_ids"]).astype(np.int64).tobytes(): int(e["timelapse"])
+              for split in ("eval/test", "eval/val", "few/val") for e in CellStore(str(root / split)) if int(e["task"]) == 1}
+    return Oracle(vocab, truths, mode)
+
+
+@pytest.mark.parametrize("mode", ["exact", "unsure"])
+def test_calibration_holds_a_model_that_is_exactly_right_and_one_that_is_uniformly_unsure(simulated_prompts,
+                                                                                         tmp_path, mode):
+    """A model with all its mass on every calibration prompt's truth calibrates to a share of 0 (intervals of one
+    token), one with a flat distribution to a wide share; both write their predictions."""
+    import json
+
+    import pandas as pd
+
+    from maxtoki.inference.predict_time import predict_time
+
+    root, vocab = simulated_prompts
+    metrics = predict_time(oracle(root, vocab, mode), str(root / "eval/test"), tmp_path, train_data=str(root / "p/train"),
+                           calibration_data=str(root / "eval/val"))
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    true = table["true_timelapse"].to_numpy(dtype=float)
+    assert json.loads((tmp_path / "metrics.json").read_text())["calibrated"]["share"] == metrics["calibrated"]["share"]
+    if mode == "exact":
+        assert metrics["model"]["mae"] == 0.0 and metrics["calibrated"]["share"] == 0.0
+        np.testing.assert_array_equal(table["calibrated_low"], true)
+        np.testing.assert_array_equal(table["calibrated_high"], true)
+        assert metrics["calibrated"]["coverage"] == 1.0
+    else:
+        values = vocab.numeric_values[vocab.numeric_ids]
+        assert metrics["model"]["mae"] == pytest.approx(np.abs(values.mean() - true).mean())
+        assert 0 < metrics["calibrated"]["share"] < 1
+        assert metrics["calibrated"]["coverage"] >= 0.7  # exchangeable donors: near the nominal 0.8
+
+
+def test_calibration_data_too_small_to_calibrate_leaves_the_predictions_written_with_a_warning(simulated_prompts,
+                                                                                                tmp_path):
+    """The pipeline's mode (``calibration_failure="warn"``): what the model measured is written, uncalibrated; the
+    command's mode stops with the reason before writing anything."""
+    from maxtoki.errors import MaxtokiError
+    from maxtoki.inference.predict_time import predict_time
+
+    root, vocab = simulated_prompts
+    few = root / "few" / "val"  # 80% intervals need at least 4 calibration prompts
+    with pytest.raises(MaxtokiError, match="too few to calibrate"):
+        predict_time(oracle(root, vocab, "exact"), str(root / "eval/test"), tmp_path / "strict",
+                     calibration_data=str(few))
+    assert not (tmp_path / "strict").exists()
+    metrics = predict_time(oracle(root, vocab, "exact"), str(root / "eval/test"), tmp_path / "warn",
+                           calibration_data=str(few), calibration_failure="warn")
+    assert "calibrated" not in metrics and "intervals not calibrated" in metrics["warning"]
+    assert (tmp_path / "warn" / "predictions.csv").exists() and metrics["model"]["mae"] == 0.0

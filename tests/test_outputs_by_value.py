@@ -135,7 +135,7 @@ def test_predict_time_equals_the_read_out_of_the_logits_and_the_scores_recompute
     columns = {"model": "predicted_timelapse", "model_argmax": "argmax_timelapse",
                "baseline_training_mean": "training_mean_timelapse",
                "baseline_most_common_time": "most_common_time_timelapse",
-               "baseline_linear": "linear_baseline_timelapse"}
+               "baseline_linear": "linear_baseline_timelapse", "baseline_ceiling": "ceiling_timelapse"}
     for key, column in columns.items():
         predicted = table[column].to_numpy(dtype=float)
         error = predicted - true

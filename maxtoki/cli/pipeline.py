@@ -32,9 +32,12 @@ def add_commands(commands) -> None:
                           help="obs columns that make a cell's kind for the naive baseline (the most common time "
                                "of training cells of that kind), e.g. cell_type sex")
     pipeline.add_argument("--seed", type=int, default=0)
-    pipeline.add_argument("--cell-length", type=int, default=256, metavar="N",
-                          help="tokens per cell: its N-2 top-ranked genes (default 256; longer cells see more "
-                               "genes and train slower)")
+    pipeline.add_argument("--cell-length", type=int, metavar="N",
+                          help="tokens per cell: its N-2 top-ranked genes (default: 1024 for up to 2,000 cells, "
+                               "4096 beyond; longer cells carry more of the time and train slower)")
+    pipeline.add_argument("--pretrain-cell-length", type=int, metavar="N",
+                          help="stage 1 reads each cell's top N-2 genes only (default: 256 for up to 2,000 cells, "
+                               "the whole cell beyond)")
     pipeline.add_argument("--model-size", default="tiny", help="tiny (CPU), 217m or 1b (GPU) (default tiny)")
     pipeline.add_argument("--pretrained", metavar="MODEL",
                           help="start stage 2 from this model directory (maxtoki import-hf of the released weights, "
@@ -42,9 +45,14 @@ def add_commands(commands) -> None:
     pipeline.add_argument("--medians", metavar="JSON",
                           help="with --pretrained: the gene medians its cells were encoded with (default for the "
                                "released vocabulary: the released medians)")
-    pipeline.add_argument("--examples", type=int, default=4000, metavar="N", help="stage-2 training examples")
-    pipeline.add_argument("--pretrain-batches", type=int, default=200, metavar="N", help="stage-1 batches (200)")
-    pipeline.add_argument("--temporal-batches", type=int, default=1000, metavar="N", help="stage-2 batches (1000)")
+    pipeline.add_argument("--examples", type=int, metavar="N",
+                          help="stage-2 training examples (default: 4,000 for up to 2,000 cells, 20,000 beyond)")
+    pipeline.add_argument("--task-ratio", type=float, default=0.875, metavar="F",
+                          help="TimeBetweenCells share of the stage-2 examples, the rest NextCell (default 0.875)")
+    pipeline.add_argument("--pretrain-batches", type=int, metavar="N",
+                          help="stage-1 batches (default: 100 for up to 2,000 cells, 2,000 beyond)")
+    pipeline.add_argument("--temporal-batches", type=int, metavar="N",
+                          help="stage-2 batches (default: 350 for up to 2,000 cells, 4,000 beyond)")
     pipeline.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                           help="recipe keys for both stages, e.g. device_train_microbatch_size=4")
     runs_with_config(pipeline, _run_pipeline, runs_model=True)
@@ -58,11 +66,12 @@ def _run_pipeline(args) -> None:
     options = PipelineOptions(args.time_column, tuple(args.group_columns), args.time_scale, args.holdout_fraction,
                               tuple(args.holdout_groups), args.split, args.seed, args.workers, args.gene_id_column,
                               args.gene_mapping, args.layer, args.use_raw, args.allow_non_integer,
-                              args.min_expression, args.chunk_size, args.cell_length, args.model_size, args.examples,
+                              args.min_expression, args.chunk_size, cell_length=args.cell_length,
+                              model_size=args.model_size, examples=args.examples, task_ratio=args.task_ratio,
                               pretrain_batches=args.pretrain_batches, temporal_batches=args.temporal_batches,
                               overrides=tuple(args.overrides), validation_fraction=args.validation_fraction,
                               baseline_columns=tuple(args.baseline_columns), pretrained=args.pretrained,
-                              medians=args.medians)
+                              medians=args.medians, pretrain_cell_length=args.pretrain_cell_length)
     metrics = run_pipeline(args.data, args.out, options, log=lambda line: print(line, flush=True))
     print()
     print(scores_table(metrics, f"{args.time_column} x {args.time_scale:g}" if args.time_scale != 1 else

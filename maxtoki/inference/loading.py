@@ -128,7 +128,9 @@ def load_composer_checkpoint(checkpoint: str):
         state = torch.load(local, map_location="cpu", weights_only=False)["state"]
         content = state["integrations"]["huggingface"]["model"]["config"]["content"]
         weights = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
-        model = LlamaForCausalLM(LlamaConfig.from_dict(content))
+        config = LlamaConfig.from_dict(content)
+        config._attn_implementation = "sdpa"  # the checkpoint records none: eager would be the default, 3x slower
+        model = LlamaForCausalLM(config)
         model.load_state_dict(weights, strict=True)
         unpad_heads(model)  # a run with padded heads (fused attention) computes exactly what the unpadded model does
     except (KeyError, RuntimeError, EOFError, OSError, TypeError) as exc:

@@ -5,7 +5,9 @@ units), its arg-max token and an interval (the central 80% of that distribution 
 for coverage and optionally calibrated on held-out prompts). Results are scored against the truth
 and against three baselines that need no model: the training-mean Δ, the paper's naive baseline (the most
 common time of the query cell's kind, ``naive_baseline``), and a linear regressor on the cells' expression
-(``linear_baseline``), as in the paper; where donors exist, also per donor (``donor_scores``).
+(``linear_baseline``), as in the paper; and next to them a ceiling, a per-cell time classifier on the same
+encoded cells (``ceiling_baseline``), which says how much of the time its cells carry the model reads.
+Where donors exist, also per donor (``donor_scores``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from maxtoki.data.paragraphs.blueprint import TASK_NAMES, TIME_BETWEEN_CELLS
 from maxtoki.data.paragraphs.cell_store import CellStore
 from maxtoki.errors import MaxtokiError
+from maxtoki.inference.ceiling_baseline import ceiling_baseline
 from maxtoki.inference.donor_scores import donor_scores, donors_of, per_donor
 from maxtoki.inference.linear_baseline import linear_baseline
 from maxtoki.inference.loading import model_for, untrained_time_warning
@@ -70,11 +73,15 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
             for row, example in enumerate(batch):
                 ids[row, :len(example["prompt_ids"])] = torch.as_tensor(example["prompt_ids"].astype(np.int64))
                 mask[row, :len(example["prompt_ids"])] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             last = mask.sum(dim=1) - 1
+            # the output layer only where a prompt ends (over the vocabulary at every position it cost as much as
+            # the rest of the model)
+            kept, row_of = torch.unique(last, return_inverse=True)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           logits_to_keep=kept.to(device)).logits
             true = np.array([float(e["timelapse"]) for e in batch]) if all("timelapse" in e for e in batch) \
                 else None
-            parts.append(readout.read(logits[torch.arange(len(batch)), last.to(device)], true))
+            parts.append(readout.read(logits[torch.arange(len(batch)), row_of.to(device)], true))
     return Readout.concatenate(parts)
 
 
@@ -101,7 +108,8 @@ def collapse_warning(predicted: np.ndarray, true: np.ndarray) -> str | None:
 def predict_time(model, data: str, out: str | Path, train_data: str | None = None,
                  batch_size: int = 8, device: str = "cpu", interval: float = DEFAULT_INTERVAL,
                  calibration_data: str | None = None, baseline_columns: tuple[str, ...] = (),
-                 donor_column: str | None = None, allow_untrained_time: bool = False) -> dict:
+                 donor_column: str | None = None, allow_untrained_time: bool = False,
+                 calibration_failure: str = "raise") -> dict:
     """Write predictions.csv, metrics.json and predicted_vs_true.png to ``out`` (and per_donor.csv where donors
     exist); returns the metrics. ``model``: a checkpoint path or a model from ``load_model``.
 
@@ -112,14 +120,23 @@ def predict_time(model, data: str, out: str | Path, train_data: str | None = Non
     ``donor_column`` (a cell column) names each query cell's donor; without it the paragraphs' groups are the
     donors when they were made from cell columns (``--group-columns`` at tokenization or for the paragraphs).
     A model whose time tokens stage 2 never trained is refused unless ``allow_untrained_time``.
+    ``calibration_failure="warn"``: calibration data that cannot calibrate (too few prompts) leaves the intervals
+    uncalibrated, with a warning in the metrics, instead of stopping (the pipeline, whose model is trained by then).
     """
     import pandas as pd
 
     examples, vocab = evaluation_prompts(data, TIME_BETWEEN_CELLS)
     model = model_for(model, vocab)
     untrained = untrained_time_warning(model, allow_untrained_time)
-    level, calibration_prompts = _calibrated_level(model, calibration_data, vocab, batch_size, device, interval) \
-        if calibration_data else (None, 0)
+    level, calibration_prompts, calibration_error = None, 0, None
+    if calibration_data:
+        try:
+            level, calibration_prompts = _calibrated_level(model, calibration_data, vocab, batch_size, device,
+                                                           interval)
+        except MaxtokiError as error:
+            if calibration_failure != "warn":
+                raise
+            calibration_data, calibration_error = None, f"intervals not calibrated: {error}"
     readout = predict(model, examples, vocab, batch_size, device, interval, level)
     expected, argmax = readout.expected, readout.argmax
     training_paragraphs = list(CellStore(train_data)) if train_data else None  # both tasks: all their cells
@@ -138,6 +155,7 @@ def predict_time(model, data: str, out: str | Path, train_data: str | None = Non
     table["most_common_time_timelapse"], naive_fit = naive_timelapses(examples, kinds, reference,
                                                                       leave_query_out=not training)
     table["linear_baseline_timelapse"], linear_fit = linear_baseline(examples, vocab, training)
+    table["ceiling_timelapse"], ceiling_fit = ceiling_baseline(examples, vocab, training_paragraphs)
     intervals = {"interval_nominal": interval, "interval_coverage": coverage(readout.low, readout.high, true),
                  "interval_mean_width": float(np.mean(readout.high - readout.low))}
     shown = (readout.low, readout.high)
@@ -156,9 +174,10 @@ def predict_time(model, data: str, out: str | Path, train_data: str | None = Non
            if key != "model"},
         "baseline_most_common_time_fit": {"columns": list(baseline_columns), **naive_fit},
         "baseline_linear_fit": linear_fit,
+        "baseline_ceiling_fit": ceiling_fit,
         "prediction_std": float(np.std(expected)),
         "true_std": float(np.std(true)),
-        "warning": "; ".join(w for w in (untrained, collapse_warning(expected, true)) if w) or None,
+        "warning": "; ".join(w for w in (untrained, collapse_warning(expected, true), calibration_error) if w) or None,
         **intervals,
         "baselines_from": train_data or f"{data} itself (no --train-data given: the training mean is optimistic; "
                                         "the most common time leaves each query cell out, the linear regressor is "
@@ -176,7 +195,9 @@ def predict_time(model, data: str, out: str | Path, train_data: str | None = Non
 
 
 BASELINES = {"baseline_training_mean": "training_mean", "baseline_most_common_time": "most_common_time",
-             "baseline_linear": "linear_baseline"}  # metrics key -> predictions.csv column (without _timelapse)
+             "baseline_linear": "linear_baseline", "baseline_ceiling": "ceiling"}
+# metrics key -> predictions.csv column (without _timelapse); the ceiling is a reference, not one of the paper's
+PAPER_BASELINES = ("baseline_training_mean", "baseline_most_common_time", "baseline_linear")
 
 
 def groups_are_donors(paragraphs: str) -> bool:

@@ -46,9 +46,12 @@ class TimelapseReadout:
                  calibrated: float | None = None):
         import torch
 
-        for share in (nominal, calibrated):
-            if share is not None and not 0 < share <= 1:
-                raise ValueError("an interval's share of the distribution must lie in (0, 1]")
+        if not 0 < nominal <= 1:
+            raise ValueError("an interval's nominal share of the distribution must lie in (0, 1]")
+        # a calibrated share may be 0 (a model that put all its mass on every calibration prompt's true time:
+        # intervals of one token) or 1 (the whole range)
+        if calibrated is not None and not 0 <= calibrated <= 1:
+            raise ValueError("a calibrated share of the distribution must lie in [0, 1]")
         values = torch.as_tensor(vocab.numeric_values[vocab.numeric_ids], dtype=torch.float64)
         order = torch.argsort(values)  # ascending times, for the cumulative distribution
         self.numeric_ids = torch.as_tensor(vocab.numeric_ids, device=device)[order.to(device)]

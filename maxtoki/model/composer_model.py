@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from composer.models import HuggingFaceModel
 
 from maxtoki.model.builders import build_backbone
+from maxtoki.model.gene_init import AXES as GENE_EMBEDDING_AXES
 from maxtoki.model.head_padding import padding_parameters
 from maxtoki.model.losses import IGNORE, Scored, scored_labels, temporal_loss
 from maxtoki.model.metrics import (
@@ -136,12 +137,21 @@ class _RecipeModel(MaxTokiModel):
     def __init__(self, size: str | None, vocab: str, max_seq_len: int = 4096, rope_scaling: dict | None = None,
                  attn_implementation: str = "auto", pretrained: str | None = None, label_scalar: float = 200.0,
                  additive_penalty: float = 10.0, timelapse_loss: str = "numeric", time_smoothing: float = 0.0,
-                 config_overrides: dict | None = None,
+                 config_overrides: dict | None = None, gene_embeddings_from: str | None = None,
+                 gene_embedding_axes: int = GENE_EMBEDDING_AXES,
                  init_device: str = "cpu", pad_heads: str | bool = "auto", tokenizer=None):
         from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
 
+        from maxtoki.errors import MaxtokiError
+        from maxtoki.model.gene_init import init_gene_embeddings
+
+        if gene_embeddings_from and pretrained:
+            raise MaxtokiError("model.gene_embeddings_from starts a model from scratch; model.pretrained has its gene "
+                               "embeddings already (set one of them to null)")
         model, vocabulary = build_backbone(size, vocab, max_seq_len, rope_scaling, attn_implementation, pretrained,
                                            config_overrides, init_device, pad_heads)
+        if gene_embeddings_from:
+            init_gene_embeddings(model, str(gene_embeddings_from), vocabulary, int(gene_embedding_axes))
         prepare_hf_model_for_fsdp(model, init_device)  # FSDP wraps each decoder layer; meta init materialises
         super().__init__(model, vocabulary, type(self).objective, label_scalar, additive_penalty, timelapse_loss,
                          time_smoothing)

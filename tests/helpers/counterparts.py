@@ -32,6 +32,10 @@ SLOW_COUNTERPARTS = {
         "test_s3_training.py::test_both_stages_stream_from_s3_checkpoint_to_s3_and_resume",
         "test_training.py::test_killed_run_resumes_to_the_same_weights",
     ],
+    "test_pipeline.py::test_the_demo_beats_the_naive_baseline_near_the_ceiling_at_three_seeds": [
+        "test_pipeline.py::test_pipeline_learns_time_on_the_bundled_time_course",
+        "test_ceiling_baseline.py::test_the_ceiling_reads_planted_time_exactly_and_unplanted_time_not_at_all",
+    ],
     "test_tutorials.py::test_tutorial_runs[quickstart]": ["test_tutorials.py::test_tutorial_runs[quickstart-reduced]"],
     "test_tutorials.py::test_tutorial_runs[analysis]": ["test_tutorials.py::test_tutorial_runs[analysis-reduced]"],
 }
