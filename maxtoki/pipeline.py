@@ -1,15 +1,15 @@
 """One command for a time course: ``.h5ad`` in, a trained model and its held-out scores out.
 
 medians -> vocabulary -> rank value encoding -> cell paragraphs (cells or donors held out) ->
-stage 1 -> stage 2 -> TimeBetweenCells on the held-out cells, with baselines -> Hugging Face export.
+stage 1 -> stage 2 -> Hugging Face export -> TimeBetweenCells on the held-out cells, with baselines.
 
 What the data decides, so that a user's own time course does not collapse onto its mean:
 the time tokens cover the data's largest Δ (a range far wider than the data made the read-out
 unstable), the read-out scale ``label_scalar`` is the spread of the time points, and the
 distribution over times is trained towards a Gaussian of half that width around the true Δ
 (``time_smoothing``; without it, held-out predictions came out compressed to half the true range).
-The rest are defaults that learn on small time courses in minutes on a laptop CPU
-(benchmarks/README.md) and scale up by options.
+The training sizes follow the number of cells (``SIZINGS``: CPU-sized up to 2,000 cells, GPU-sized
+beyond; chosen by measurement, benchmarks/README.md) and every one can be given.
 """
 
 from __future__ import annotations
@@ -304,7 +304,8 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
     out = Path(out)
     course = read_time_course(data, options)
     options, sizing = sized(options, course.cells)
-    log(f"== sizes for {course.cells:,} cells ({sizing.name}; CPU-sized up to {SMALL_COURSE:,} cells): "
+    log(f"== sizes for {course.cells:,} cells, {sizing.name} (CPU-sized up to {SMALL_COURSE:,} cells, GPU-sized "
+        f"beyond): "
         f"{options.cell_length}-token cells (stage 1: {stage1_length(options)}), {options.model_size} model, "
         f"{options.pretrain_batches} stage-1 and {options.temporal_batches} stage-2 batches, {options.examples:,} "
         "stage-2 examples")
@@ -362,8 +363,8 @@ def context_extension(pretrained: str | Path, max_seq_len: int) -> list[str]:
 
 def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, str | None], max_seq_len: int,
                        scale: float, log=print) -> dict:
-    """Stage 1, stage 2, predict time on the held-out prompts (``splits``: the scored split, and the one to
-    calibrate the intervals on, which stage 2 also evaluates on) and export; returns the metrics."""
+    """Stage 1, stage 2, export, then predict time on the held-out prompts (``splits``: the scored split, and the
+    one to calibrate the intervals on, which stage 2 also evaluates on); returns the metrics."""
     evaluation, calibration = splits
     from maxtoki.inference.export import export_hf
     from maxtoki.inference.predict_time import predict_time

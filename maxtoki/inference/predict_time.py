@@ -271,11 +271,13 @@ def _scatter(true: np.ndarray, predicted: np.ndarray, interval: tuple[np.ndarray
     low = float(min(true.min(), interval[0].min()))
     high = float(max(true.max(), interval[1].max()))
     ax.plot([low, high], [low, high], color="grey", linewidth=1, label="perfect prediction")
-    model, base = metrics["model"], metrics["baseline_training_mean"]
+    model = metrics["model"]
     ax.set_xlabel("true time between cells")
     ax.set_ylabel("predicted (expected value)")
-    ax.set_title(f"MAE {model['mae']:.1f} (training-mean baseline {base['mae']:.1f}), r = {model['pearson_r']:.2f}",
-                 fontsize=9)
+    ax.set_title(f"model MAE {model['mae']:.1f}, r = {model['pearson_r']:.2f}; naive baseline "
+                 f"{metrics['baseline_most_common_time']['mae']:.1f}, training mean "
+                 f"{metrics['baseline_training_mean']['mae']:.1f}, ceiling {metrics['baseline_ceiling']['mae']:.1f}",
+                 fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
