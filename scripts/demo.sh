@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: sets up the environment, then runs the whole pipeline on the bundled HSMM myoblast
-# time course (271 cells at 0, 24, 48 and 72 hours), on CPU, in about nine minutes (2 cores):
+# time course (271 cells at 0, 24, 48 and 72 hours), on CPU, in about seven minutes (2 cores):
 #   gene medians -> vocabulary -> rank value encoding (1,022 genes per cell) -> cell paragraphs (a
 #   fifth of the cells of every time point held out, a tenth kept apart to calibrate on) -> stage 1
 #   (tiny) -> stage 2 (tiny) -> Hugging Face export -> predicted versus true time on the held-out
