@@ -52,7 +52,7 @@ def simulate(work: str, batches: str = "500") -> None:
     train_from_recipe(str(ROOT / "configs/temporal/tiny-cpu.yaml"), [
         f"variables.data={root / 'p/train'}", f"variables.eval_data={root / 'p/test'}",
         f"variables.vocab={root / 'v.json'}", "load_path=null", "max_seq_len=136", "model.rope_scaling=null",
-        "model.label_scalar=2", "model.additive_penalty=1",
+        "model.label_scalar=2", "model.additive_penalty=1", "model.time_smoothing=0",
         "model.config_overrides={hidden_size: 128, intermediate_size: 256, num_hidden_layers: 4}",
         f"max_duration={batches}ba", f"eval_interval={batches}ba", "global_train_batch_size=16",
         "device_train_microbatch_size=16",

@@ -75,7 +75,7 @@ def build_model(work: Path, seed: int, cell_length: int, chunk: int) -> Path | N
     train_from_recipe(str(ROOT / "configs/temporal/tiny-cpu.yaml"), [
         f"variables.data={root / 'p/train'}", f"variables.eval_data={root / 'p/val'}",
         f"variables.vocab={root / 'v.json'}", "load_path=null", f"max_seq_len={seq_len}", "model.rope_scaling=null",
-        "model.label_scalar=20", "model.additive_penalty=1", f"seed={17 + seed}",
+        "model.label_scalar=20", "model.additive_penalty=1", "model.time_smoothing=0", f"seed={17 + seed}",
         "model.config_overrides={hidden_size: 128, intermediate_size: 256, num_hidden_layers: 4}",
         f"max_duration={target}ba", f"scheduler.t_max={BATCHES}ba", f"eval_interval={BATCHES}ba",
         "global_train_batch_size=16", "device_train_microbatch_size=16", "optimizer.lr=0.001",

@@ -42,7 +42,7 @@ def simulated(work: Path) -> Path:
     train_from_recipe(str(ROOT / "configs/temporal/tiny-cpu.yaml"), [
         f"variables.data={work / 'p/train'}", f"variables.eval_data={work / 'p/val'}",
         f"variables.vocab={work / 'v.json'}", "load_path=null", "max_seq_len=256", "model.rope_scaling=null",
-        "model.label_scalar=20", "model.additive_penalty=1",
+        "model.label_scalar=20", "model.additive_penalty=1", "model.time_smoothing=0",
         "model.config_overrides={hidden_size: 128, intermediate_size: 256, num_hidden_layers: 4}",
         "max_duration=600ba", "eval_interval=600ba", "global_train_batch_size=16",
         "device_train_microbatch_size=16", "optimizer.lr=0.001", "scheduler.t_warmup=20ba",

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from maxtoki.errors import InputFileError, MaxtokiError
+from maxtoki.model.read_out_scale import read_out_scale
 from maxtoki.vocab import VOCAB_FILE
 
 RECIPES = Path(__file__).resolve().parent.parent / "configs"
@@ -75,8 +76,10 @@ class PipelineOptions:
                                f"most --cell-length ({self.cell_length})")
         if self.medians and not self.pretrained:
             raise MaxtokiError("--medians goes with --pretrained (without it the pipeline computes the data's own)")
-        if min(n for n in (self.pretrain_batches, self.temporal_batches, self.examples, 1) if n is not None) < 1:
-            raise MaxtokiError("--pretrain-batches, --temporal-batches and --examples must be positive")
+        if min(n for n in (self.temporal_batches, self.examples, 1) if n is not None) < 1:
+            raise MaxtokiError("--temporal-batches and --examples must be positive")
+        if self.pretrain_batches is not None and self.pretrain_batches < 0:
+            raise MaxtokiError("--pretrain-batches must be 0 (no stage 1) or more")
         if not 0 < self.task_ratio <= 1:
             raise MaxtokiError(f"--task-ratio {self.task_ratio:g}: give the TimeBetweenCells share, in (0, 1]")
 
@@ -110,7 +113,8 @@ def sized(options: PipelineOptions, cells: int) -> tuple[PipelineOptions, Sizing
     cell_length = options.cell_length or sizing.cell_length
     chosen = dict(cell_length=cell_length,
                   pretrain_cell_length=options.pretrain_cell_length or min(cell_length, sizing.pretrain_cell_length),
-                  pretrain_batches=options.pretrain_batches or sizing.pretrain_batches,
+                  pretrain_batches=sizing.pretrain_batches if options.pretrain_batches is None
+                  else options.pretrain_batches,
                   temporal_batches=options.temporal_batches or sizing.temporal_batches,
                   examples=options.examples or sizing.examples)
     return dataclasses.replace(options, **chosen), sizing
@@ -169,11 +173,6 @@ def time_token_range(course: TimeCourse) -> int:
     """``--max-time`` of the vocabulary: time tokens -T..T-1 covering the data's largest Δ with a quarter
     to spare (later data may reach a little further), at least 10."""
     return max(10, math.ceil(1.25 * course.max_timelapse) + 1)
-
-
-def read_out_scale(course: TimeCourse) -> float:
-    """``label_scalar``: about the typical |Δ|, the standard deviation of the distinct times."""
-    return float(max(np.std(course.times), 1.0))
 
 
 def _evaluation_splits(options: PipelineOptions) -> tuple[str, str | None]:
@@ -243,7 +242,7 @@ def encode_pretrain_prefix(data, out: Path, options: PipelineOptions, tokenize) 
 
     from maxtoki.data.cells.tokenize import tokenize_files
 
-    if stage1_length(options) == options.cell_length:
+    if stage1_length(options) == options.cell_length or options.pretrain_batches == 0:
         return
     tokenize_files([data], out / VOCAB_FILE, out / "medians.json", str(out / "pretrain-cells"),
                    options=dataclasses.replace(tokenize, model_input_size=stage1_length(options)),
@@ -309,7 +308,7 @@ def run_pipeline(data: str | Path, out: str | Path, options: PipelineOptions, lo
         f"{options.cell_length}-token cells (stage 1: {stage1_length(options)}), {options.model_size} model, "
         f"{options.pretrain_batches} stage-1 and {options.temporal_batches} stage-2 batches, {options.examples:,} "
         "stage-2 examples")
-    max_time, scale = time_token_range(course), read_out_scale(course)
+    max_time, scale = time_token_range(course), read_out_scale(course.times)
     if options.pretrained and options.model_size != "tiny":
         raise MaxtokiError("--model-size and --pretrained: the pretrained model's size is the size")
     inputs = pretrained_inputs(options, course) if options.pretrained else None
@@ -382,6 +381,11 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
         start = [f"model.pretrained={options.pretrained}", "model.size=null", "load_path=null",
                  *context_extension(options.pretrained, max_seq_len)]
         source = f"the weights of {options.pretrained}"
+    elif options.pretrain_batches == 0:
+        common.insert(0, f"model.size={options.model_size}")
+        log("== 5/8 stage 1: skipped (--pretrain-batches 0); stage 2 starts from gene embeddings from the cells")
+        start = ["load_path=null", "model.rope_scaling=null", f"model.gene_embeddings_from={out / 'cells'}"]
+        source = "gene embeddings from the cells"
     else:
         common.insert(0, f"model.size={options.model_size}")
         length = stage1_length(options)

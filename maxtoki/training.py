@@ -284,12 +284,14 @@ def quiet_expected_warnings() -> None:
 def train_from_recipe(recipe: str, overrides: list[str] = ()):
     """Check and run a recipe; returns Composer's closed ``Trainer`` after training (for notebooks and tests), or
     None when autoresume finds the run already finished."""
+    from maxtoki.model.read_out_scale import resolve_read_out_scale
     from maxtoki.storage import drop_empty_endpoints
 
     drop_empty_endpoints()
     cfg = load_recipe(recipe, list(overrides))
     localize_vocabularies(cfg)
     check_recipe(cfg)
+    resolve_read_out_scale(cfg)
     assign_streaming_caches(cfg)
     save_folder = cfg.get("save_folder")
     if cfg.get("autoresume") and save_folder and "://" not in str(save_folder):

@@ -5,6 +5,7 @@ import json
 import anndata as ad
 import numpy as np
 import pytest
+from helpers.split_cells import cells_and_donors
 
 from maxtoki.cli import main
 from maxtoki.data.paragraphs.blueprint import NEXT_CELL, TIME_BETWEEN_CELLS, Blueprint
@@ -69,6 +70,19 @@ def hsmm_cells(tmp_path_factory, hsmm_path, hsmm_reference):
 def make_paragraphs(cells, out, *extra):
     assert main(["data", "paragraphs", str(cells), "--out", str(out), *map(str, extra)]) == 0
     return CellStore(str(out))
+
+
+def test_time_tokens_far_past_the_data_get_a_notice_that_names_the_fix(tmp_path, capsys, hsmm_cells):
+    """HSMM spans 72 hours; the default vocabulary's time tokens reach ±1,500 (the released months): the notice says
+    which --max-time fits. --time-scale 10 (tenths of hours) spans 720, within 4 x: no notice."""
+    cells, _ = hsmm_cells
+    capsys.readouterr()
+    make_paragraphs(cells, tmp_path / "hours", "--num-examples", 20)
+    assert ("reach ±1500, 21 x the largest Δ of these cells (72): a model spreads its time read-out over times that "
+            "never occur; build the vocabulary with `maxtoki data vocab --max-time 91` (or give --time-scale)"
+            ) in capsys.readouterr().err
+    make_paragraphs(cells, tmp_path / "tenths", "--num-examples", 20, "--time-scale", 10)
+    assert "reach ±" not in capsys.readouterr().err
 
 
 def test_hsmm_paragraphs_end_to_end(tmp_path, hsmm_cells):
@@ -257,6 +271,27 @@ def test_holdout_fraction_splits_one_time_course_by_cells(tmp_path, hsmm_cells):
     assert json.loads((tmp_path / "v" / "splits.json").read_text())["validation_fraction"] == 0.1
     assert main(["data", "paragraphs", str(cells), "--out", str(tmp_path / "w"), "--split", "train=0.5,test=0.5",
                  "--validation-fraction", "0.1"]) == 2
+
+
+@pytest.mark.parametrize("split", [["--split", "train=0.8,val=0.1,test=0.1"], ["--holdout-fraction", "0.2"]],
+                         ids=["donors", "cells"])
+def test_training_paragraphs_and_prompts_built_in_separate_runs_share_no_scored_cell(tmp_path, simulated_cells,
+                                                                                       split):
+    """README steps 4 and 5 build the training paragraphs and the evaluation prompts in two runs: the same split
+    options must hold out the same donors (or cells) in both, or the evaluation scores cells the model trained on."""
+    cli("data", "paragraphs", simulated_cells, "--out", tmp_path / "paragraphs", "--max-seq-len", 1024,
+        "--time-scale", 0.1, *split)
+    cli("data", "paragraphs", simulated_cells, "--out", tmp_path / "eval", "--eval", "--max-seq-len", 1024,
+        "--time-scale", 0.1, *split)
+    scored = "test" if split[0] == "--split" else "holdout"
+    trained_cells, trained_donors = cells_and_donors(simulated_cells, tmp_path / "paragraphs" / "train")
+    scored_cells, scored_donors = cells_and_donors(simulated_cells, tmp_path / "eval" / scored)
+    assert len(scored_cells) >= 20 and len(trained_cells) >= 200  # both sides hold many cells
+    assert trained_cells.isdisjoint(scored_cells)
+    if split[0] == "--split":  # whole donors held out
+        assert len(scored_donors) == 1 and trained_donors.isdisjoint(scored_donors)
+    else:  # cells of every donor held out
+        assert scored_donors == trained_donors
 
 
 def test_holdout_groups_and_a_split_too_fine_for_the_groups(capsys, tmp_path, simulated_cells, hsmm_cells):

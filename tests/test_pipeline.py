@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from conftest import make_adata
+from helpers.split_cells import cells_and_donors
 
 from maxtoki.cli import main as cli_main
 
@@ -52,20 +53,23 @@ def test_training_sizes_follow_the_time_course_unless_given():
 
 
 def learned_time(metrics: dict) -> bool:
-    """The guard: held-out MAE at most 0.8 x the training-mean baseline's and below the paper's linear baseline's,
-    and Pearson r at least 0.5. At the default run's size (128-token cells) the model does not beat the naive
-    baseline (measured 24.4 h against 23.2; linear 28.0, training mean 40.7): such short cells carry too little
-    time; the slow test below holds the demo's size to it."""
+    """The guard: held-out MAE at most 0.85 x the paper's naive baseline's and 0.8 x the training mean's, below the
+    linear regressor's, Pearson r at least 0.5. Measured at the guard's size (256-token cells, no stage 1, 400
+    stage-2 batches): 14.2 h, r 0.90, against the naive baseline's 23.2 (0.61 x), the linear regressor's 24.9, the
+    training mean's 40.7 and the ceiling's 14.8."""
     model = metrics["model"]
-    return (model["mae"] <= 0.8 * metrics["baseline_training_mean"]["mae"]
+    return (model["mae"] <= 0.85 * metrics["baseline_most_common_time"]["mae"]
+            and model["mae"] <= 0.8 * metrics["baseline_training_mean"]["mae"]
             and model["mae"] < metrics["baseline_linear"]["mae"] and model["pearson_r"] >= 0.5)
 
 
 def test_pipeline_learns_time_on_the_bundled_time_course(tmp_path, capsys, hsmm_path):
-    """The README's command on the bundled data, at a size that trains in about three minutes."""
+    """The README's command on the bundled data, at a size that trains in a few minutes: 256-token cells, stage 2
+    alone from gene embeddings from the cells."""
     out = tmp_path / "hsmm"
     assert cli_main(["pipeline", str(hsmm_path), "--time-column", "hours", "--out", str(out), "--allow-non-integer",
-                     "--min-expression", "0.1", "--cell-length", "128", "--temporal-batches", "400"]) == 0
+                     "--min-expression", "0.1", "--cell-length", "256", "--pretrain-batches", "0",
+                     "--temporal-batches", "400"]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "predictions" / "metrics.json").read_text())
     with capsys.disabled():
@@ -85,6 +89,12 @@ def test_pipeline_learns_time_on_the_bundled_time_course(tmp_path, capsys, hsmm_
     assert f"calibrated on {calibrated['prompts']} other held-out prompts: {calibrated['coverage']:.0%}" in printed
     splits = json.loads((out / "paragraphs" / "splits.json").read_text())
     assert splits["validation_fraction"] == 0.1 and splits["holdout_fraction"] == 0.2
+    # the prompts, built apart from the training paragraphs, score and calibrate on cells it never trained on
+    trained = cells_and_donors(out / "cells", out / "paragraphs" / "train")[0]
+    scored = cells_and_donors(out / "cells", out / "eval" / "holdout")[0]
+    calibrating = cells_and_donors(out / "cells", out / "eval" / "validation")[0]
+    assert len(scored) >= 40 and len(calibrating) >= 20 and len(trained) >= 150
+    assert trained.isdisjoint(scored | calibrating) and scored.isdisjoint(calibrating)
     assert (out / "predictions" / "predicted_vs_true.png").stat().st_size > 10_000
     assert (out / "hf-model" / "config.json").exists()
     # the guard fails a model that has not learned: the same model, untrained
@@ -140,6 +150,76 @@ def test_pipeline_from_an_imported_release_skips_stage_1_and_encodes_as_released
     (other / "vocab.json").write_text(json.dumps({**vocab, "ENSGX": max(vocab.values()) + 1}))
     assert "give --medians" in refused(capsys, "pipeline", hsmm_path, "--time-column", "hours", "--pretrained",
                                        other, "--out", tmp_path / "y", "--allow-non-integer")
+
+
+@pytest.fixture(scope="module")
+def donors_h5ad(tmp_path_factory) -> str:
+    """8 simulated donors x 3 ages (240-960 months) x 8 cells of 2 cell types, 200 genes."""
+    path = tmp_path_factory.mktemp("donors") / "donors.h5ad"
+    assert cli_main(["--quiet", "data", "simulate", "--out", str(path), "--donors", "8", "--ages-per-donor", "3",
+                     "--cells-per-sample", "8", "--genes", "200", "--cell-types", "2"]) == 0
+    return str(path)
+
+
+def checkpoint_state(path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["state"]
+
+
+def test_every_pipeline_option_takes_effect(tmp_path, capsys, donors_h5ad):
+    """The options of `maxtoki pipeline` that the guard leaves at their defaults, each checked by what it changes
+    in the outputs (two tiny runs: whole donors dealt by --split, then named donors held out without stage 1)."""
+    import anndata as ad
+
+    from maxtoki.data.paragraphs.cell_store import CellStore
+    from maxtoki.data.paragraphs.sampling import to_time_units
+    from maxtoki.model.sizes import SIZES
+
+    obs = ad.read_h5ad(donors_h5ad, backed="r").obs
+    out = tmp_path / "split"
+    assert cli_main(["--quiet", "pipeline", donors_h5ad, "--time-column", "age", "--out", str(out),
+                     "--group-columns", "donor", "--split", "train=0.5,val=0.25,test=0.25", "--time-scale", "0.1",
+                     "--baseline-columns", "cell_type", "--set", "global_train_batch_size=4",
+                     "device_train_microbatch_size=4", "--model-size", "tiny", "--examples", "60",
+                     "--pretrain-batches", "3", "--temporal-batches", "5", "--seed", "5", "--cell-length", "48"]) == 0
+    splits = json.loads((out / "paragraphs" / "splits.json").read_text())
+    # --split deals whole donors (--group-columns donor) into the named splits; --seed picks which
+    assert splits["split"] == {"train": 0.5, "val": 0.25, "test": 0.25} and splits["seed"] == 5
+    assert sorted(map(len, splits["groups"].values())) == [2, 2, 4]
+    assert sorted(sum(splits["groups"].values(), [])) == sorted(obs["donor"].unique())
+    metrics = json.loads((out / "predictions" / "metrics.json").read_text())
+    scored = {str(e["group"]) for e in CellStore(str(out / "eval" / "test"))}
+    assert scored == set(splits["groups"]["test"]) and metrics["examples"] == len(CellStore(str(out / "eval" / "test")))
+    assert metrics["calibrated"]["from"] == str(out / "eval" / "val")
+    # --time-scale 0.1: ages 240-960 months become 24-96 time tokens
+    ages = set(to_time_units(obs["age"].to_numpy(dtype=float), 0.1).tolist())
+    times = {int(t) for e in CellStore(str(out / "paragraphs" / "train")) for t in e["times"]}
+    assert times <= ages and len(times) >= 3 and max(times) <= 96
+    assert metrics["baseline_most_common_time_fit"]["columns"] == ["cell_type"]  # --baseline-columns
+    assert len(CellStore(str(out / "paragraphs" / "train"))) == 30  # --examples 60, dealt to the splits by share
+    stage1, stage2 = (checkpoint_state(out / "runs" / stage / "latest-rank0.pt") for stage in ("pretrain", "temporal"))
+    # --pretrain-batches, --temporal-batches, and --set reaching both stages: 4 samples a batch (16 and 8 in recipes)
+    assert (stage1["timestamp"]["Timestamp"]["batch"], stage1["timestamp"]["Timestamp"]["sample"]) == (3, 12)
+    assert (stage2["timestamp"]["Timestamp"]["batch"], stage2["timestamp"]["Timestamp"]["sample"]) == (5, 20)
+    assert stage1["rank_zero_seed"] == stage2["rank_zero_seed"] == 5  # --seed reaches training too
+    config = json.loads((out / "hf-model" / "config.json").read_text())
+    assert config["hidden_size"] == SIZES["tiny"]["hidden_size"]  # --model-size
+    assert max(len(e["input_ids"]) for e in CellStore(str(out / "cells"))) == 48  # --cell-length
+
+    named = ["donor001", "donor006"]
+    held = tmp_path / "held"
+    assert cli_main(["--quiet", "pipeline", donors_h5ad, "--time-column", "age", "--out", str(held),
+                     "--group-columns", "donor", "--holdout-groups", *named, "--time-scale", "0.1",
+                     "--examples", "40", "--pretrain-batches", "0", "--temporal-batches", "2",
+                     "--cell-length", "48"]) == 0
+    # --pretrain-batches 0: no stage 1, stage 2 from scratch
+    assert not (held / "runs" / "pretrain").exists() and not (held / "pretrain-cells").exists()
+    assert checkpoint_state(held / "runs" / "temporal" / "latest-rank0.pt")["timestamp"]["Timestamp"]["batch"] == 2
+    splits = json.loads((held / "paragraphs" / "splits.json").read_text())
+    assert splits["holdout_groups"] == named and splits["groups"]["holdout"] == named
+    assert {str(e["group"]) for e in CellStore(str(held / "eval" / "holdout"))} == set(named)
+    assert not {str(e["group"]) for e in CellStore(str(held / "paragraphs" / "train"))} & set(named)
 
 
 @pytest.mark.slow

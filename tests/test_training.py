@@ -195,10 +195,13 @@ def test_stage2_after_meta_initialisation_holds_the_checkpoint_weights(stage1, h
     import maxtoki.model.registry  # noqa: F401
     from maxtoki.model.composer_model import MaxTokiTemporalModel
     from maxtoki.model.meta_init import materialize
+    from maxtoki.model.read_out_scale import resolve_read_out_scale
     from maxtoki.training import load_recipe
 
     _, checkpoint = stage1
-    keys = dict(load_recipe(TEMPORAL, stage2_args(hsmm_data, checkpoint)).model)
+    cfg = load_recipe(TEMPORAL, stage2_args(hsmm_data, checkpoint))
+    resolve_read_out_scale(cfg)  # as train_from_recipe does: the recipe's read-out scale is auto
+    keys = dict(cfg.model)
     keys.pop("name")
     model = MaxTokiTemporalModel(**{**keys, "init_device": "meta"})
     materialize(model.model)

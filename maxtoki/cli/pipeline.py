@@ -46,11 +46,13 @@ def add_commands(commands) -> None:
                           help="with --pretrained: the gene medians its cells were encoded with (default for the "
                                "released vocabulary: the released medians)")
     pipeline.add_argument("--examples", type=int, metavar="N",
-                          help="stage-2 training examples (default: 4,000 for up to 2,000 cells, 20,000 beyond)")
+                          help="stage-2 examples, dealt to the splits by their shares of the cells (default: 4,000 for up to "
+                               "2,000 cells, 20,000 beyond)")
     pipeline.add_argument("--task-ratio", type=float, default=0.875, metavar="F",
                           help="TimeBetweenCells share of the stage-2 examples, the rest NextCell (default 0.875)")
     pipeline.add_argument("--pretrain-batches", type=int, metavar="N",
-                          help="stage-1 batches (default: 100 for up to 2,000 cells, 2,000 beyond)")
+                          help="stage-1 batches (default: 100 for up to 2,000 cells, 2,000 beyond; 0: no stage 1, stage 2 "
+                               "starts from gene embeddings from the cells)")
     pipeline.add_argument("--temporal-batches", type=int, metavar="N",
                           help="stage-2 batches (default: 350 for up to 2,000 cells, 4,000 beyond)")
     pipeline.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",

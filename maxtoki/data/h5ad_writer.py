@@ -16,6 +16,7 @@ class BlockH5adWriter:
     def __init__(self, path: str | Path, n_genes: int, dtype=np.float32):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.tmp, "w")
         self.file.attrs["encoding-type"], self.file.attrs["encoding-version"] = "anndata", "0.1.0"
         group = self.file.create_group("X")

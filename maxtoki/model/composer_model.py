@@ -135,8 +135,8 @@ class _RecipeModel(MaxTokiModel):
     objective = "pretrain"
 
     def __init__(self, size: str | None, vocab: str, max_seq_len: int = 4096, rope_scaling: dict | None = None,
-                 attn_implementation: str = "auto", pretrained: str | None = None, label_scalar: float = 200.0,
-                 additive_penalty: float = 10.0, timelapse_loss: str = "numeric", time_smoothing: float = 0.0,
+                 attn_implementation: str = "auto", pretrained: str | None = None, label_scalar: float | str = 200.0,
+                 additive_penalty: float = 10.0, timelapse_loss: str = "numeric", time_smoothing: float | str = 0.0,
                  config_overrides: dict | None = None, gene_embeddings_from: str | None = None,
                  gene_embedding_axes: int = GENE_EMBEDDING_AXES,
                  init_device: str = "cpu", pad_heads: str | bool = "auto", tokenizer=None):
@@ -145,6 +145,9 @@ class _RecipeModel(MaxTokiModel):
         from maxtoki.errors import MaxtokiError
         from maxtoki.model.gene_init import init_gene_embeddings
 
+        if "auto" in (str(label_scalar), str(time_smoothing)):
+            raise MaxtokiError("model.label_scalar / model.time_smoothing auto are read from the training paragraphs "
+                               "by train_from_recipe (scripts/train.py); building the model alone, give numbers")
         if gene_embeddings_from and pretrained:
             raise MaxtokiError("model.gene_embeddings_from starts a model from scratch; model.pretrained has its gene "
                                "embeddings already (set one of them to null)")

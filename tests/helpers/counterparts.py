@@ -36,6 +36,12 @@ SLOW_COUNTERPARTS = {
         "test_pipeline.py::test_pipeline_learns_time_on_the_bundled_time_course",
         "test_ceiling_baseline.py::test_the_ceiling_reads_planted_time_exactly_and_unplanted_time_not_at_all",
     ],
+    "test_readme_path.py::test_the_readme_steps_as_shown_learn_time_like_the_pipeline": [
+        "test_documented_commands.py::test_documented_commands_run_on_tiny_data",
+        "test_documented_commands.py::test_documented_training_command_loads_its_recipe",
+        "test_read_out_scale.py::test_auto_takes_the_training_paragraphs_and_smoothing_half_of_it",
+        "test_pipeline.py::test_pipeline_learns_time_on_the_bundled_time_course",
+    ],
     "test_tutorials.py::test_tutorial_runs[quickstart]": ["test_tutorials.py::test_tutorial_runs[quickstart-reduced]"],
     "test_tutorials.py::test_tutorial_runs[analysis]": ["test_tutorials.py::test_tutorial_runs[analysis-reduced]"],
 }

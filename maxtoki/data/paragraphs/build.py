@@ -8,6 +8,8 @@ cells, options and seed therefore give byte-identical shards for any number of w
 from __future__ import annotations
 
 import json
+import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 from maxtoki import storage
 from maxtoki.data.paragraphs.blueprint import Blueprint
 from maxtoki.data.paragraphs.cell_store import CellIndex, CellStore, build_cell_index
-from maxtoki.data.paragraphs.sampling import ParagraphOptions, assemble, sample_blueprint
+from maxtoki.data.paragraphs.sampling import ParagraphOptions, assemble, sample_blueprint, to_time_units
 from maxtoki.data.paragraphs.splits import HOLDOUT, VALIDATION, assign_groups, examples_per_split
 from maxtoki.data.shards.destination import ShardDestination, SplitOutputs
 from maxtoki.data.shards.manifest import base_manifest
@@ -25,6 +27,8 @@ from maxtoki.data.shards.mds import mds_writer_class
 from maxtoki.data.shards.parallel import run_parts
 from maxtoki.errors import MaxtokiError
 from maxtoki.vocab import VOCAB_FILE, Vocabulary
+
+logger = logging.getLogger(__name__)
 
 BLUEPRINT_NAME = "blueprint.npz"
 SPLITS_NAME = "splits.json"
@@ -143,8 +147,10 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
     if len(subsets) == 1 and "all" in subsets:
         blueprint, counts = sample_blueprint(index, subsets["all"][0], vocab, options,
                                              np.random.default_rng(options.seed))
-        return {"all": write_paragraph_shards(blueprint, out=out, manifest_extra={**source, "counts": counts},
-                                              **write)}
+        manifests = {"all": write_paragraph_shards(blueprint, out=out, manifest_extra={**source, "counts": counts},
+                                                   **write)}
+        warn_if_time_tokens_far_exceed(vocab, index, options.time_scale, vocab_path)
+        return manifests
     weights = {name: (split or {}).get(name, 0) or len(subset) / len(index) for name, (subset, _) in subsets.items()}
     sizes = examples_per_split(options.num_examples, weights)
     seeds = np.random.SeedSequence(options.seed).spawn(len(subsets))
@@ -159,7 +165,24 @@ def build_paragraphs(cells: str, vocab_path: str | None, out: str, options: Para
                                                  **{**write, "options": split_options})
     parent.commit(_splits_file({name: groups for name, (_, groups) in subsets.items()}, split, holdout_groups,
                                holdout_values, holdout_fraction, options.seed, validation_fraction))
+    warn_if_time_tokens_far_exceed(vocab, index, options.time_scale, vocab_path)
     return manifests
+
+
+TIME_RANGE_SLACK = 4  # time tokens reaching past this many times the data's largest Δ get a notice
+
+
+def warn_if_time_tokens_far_exceed(vocab: Vocabulary, index: CellIndex, time_scale: float, vocab_path) -> None:
+    """A notice when the vocabulary's time tokens reach far past any Δ of these cells: the read-out spreads over
+    times that never occur (±1,500 tokens for a course of 72 hours made a CPU-sized model predict a constant)."""
+    times = index.times[~np.isnan(index.times)]
+    largest = int(np.ptp(to_time_units(times, time_scale))) if len(times) else 0
+    reach = vocab.time_range[1] + 1
+    if largest and reach > TIME_RANGE_SLACK * largest:
+        logger.warning(f"the time tokens of {vocab_path or 'the vocabulary'} reach ±{reach}, {reach / largest:.0f} x "
+                       f"the largest Δ of these cells ({largest}): a model spreads its time read-out over times that "
+                       f"never occur; build the vocabulary with `maxtoki data vocab --max-time "
+                       f"{math.ceil(1.25 * largest) + 1}` (or give --time-scale)")
 
 
 def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_values, holdout_fraction: float,
