@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_steps() -> dict[int, list[str]]:
-    """Step number -> the words of its command, from the README's table ``| N. what | `command` |``."""
-    rows = re.findall(r"^\| (\d+)\. [^|]+\| `([^`]+)` \|$", (ROOT / "README.md").read_text(), re.M)
+    """Step number -> the words of its (first) command, from the README's table ``| N. what | `command` |``."""
+    rows = re.findall(r"^\| (\d+)\. [^|]+\| `([^`]+)`", (ROOT / "README.md").read_text(), re.M)
     return {int(step): shlex.split(command) for step, command in rows}
 
 
