@@ -50,7 +50,8 @@ def simulated(tmp_path_factory):
     cli("data", "simulate", "--out", root / "sim.h5ad", "--donors", 40, "--ages-per-donor", 6,
         "--cells-per-sample", 80, "--genes", 2000, "--seed", 3)
     cli("data", "medians", root / "sim.h5ad", "--out", root / "m.json")
-    cli("data", "vocab", "--medians", root / "m.json", "--out", root / "v.json")
+    # time tokens that fit the ages (Δ up to 72 at --time-scale 0.1), so paragraphs print no notice about them
+    cli("data", "vocab", "--medians", root / "m.json", "--max-time", 91, "--out", root / "v.json")
     return root
 
 
