@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import anndata as ad
@@ -13,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from helpers.ports import free_port, wait_for_port
+from helpers.ports import start_moto
 
 from maxtoki.datasets import example_path
 from maxtoki.vocab import Vocabulary
@@ -108,16 +106,13 @@ def hsmm_reference(tmp_path_factory, hsmm_path):
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) in its own process on 127.0.0.1, with a bucket."""
-    port = free_port()
+    process, port = start_moto()
     endpoint = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "S3_ENDPOINT_URL": endpoint}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        wait_for_port(port, process, "the moto S3 server")
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="maxtoki-test")

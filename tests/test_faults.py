@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from maxtoki.cli import main as cli_main
+from maxtoki.data.paragraphs.build import PART_EXAMPLES
 
 
 def cli(*argv):
@@ -37,7 +38,7 @@ def kill_while_writing(argv, out: Path, part: str) -> None:
     deadline = time.monotonic() + 120
     while not list(out.parent.glob(f".{out.name}.partial-*/{part}")):
         assert process.poll() is None, "the command finished before it could be killed; give it more work"
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, f"{part} never appeared in the staging directory"
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -65,11 +66,20 @@ def test_killed_tokenize_reruns_to_the_same_output(simulated, tmp_path):
     assert not list(tmp_path.glob(".cells.partial-*"))  # the killed run's staging is gone
 
 
-def test_killed_paragraphs_reruns_to_the_same_output(simulated, tmp_path):
+@pytest.fixture(scope="module")
+def cells(simulated):
+    """The simulated cells tokenized to 256 tokens: what the paragraphs commands read."""
     cli("data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
-        simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", tmp_path / "cells",
+        simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", simulated / "cells",
         "--model-input-size", 256)
-    argv = ["data", "paragraphs", tmp_path / "cells", "--num-examples", 6000, "--seed", 5, "--time-scale", 0.1]
+    return simulated / "cells"
+
+
+PARAGRAPHS = ["--num-examples", 3 * PART_EXAMPLES, "--seed", 5, "--time-scale", 0.1]  # killed in the second part
+
+
+def test_killed_paragraphs_reruns_to_the_same_output(cells, tmp_path):
+    argv = ["data", "paragraphs", cells, *PARAGRAPHS]
     cli(*argv, "--out", tmp_path / "whole")
     kill_while_writing([*argv, "--out", tmp_path / "p"], tmp_path / "p", "part-00001")
     cli(*argv, "--out", tmp_path / "p")
@@ -80,12 +90,9 @@ def test_killed_paragraphs_reruns_to_the_same_output(simulated, tmp_path):
 SPLIT = ["--num-examples", 4000, "--seed", 5, "--time-scale", 0.1, "--split", "train=0.5,test=0.5"]
 
 
-def test_killed_split_paragraphs_rerun_to_the_same_output(simulated, tmp_path):
+def test_killed_split_paragraphs_rerun_to_the_same_output(cells, tmp_path):
     """The killed run finished the train split; the rerun may replace it (an output of the same run)."""
-    cli("data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
-        simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", tmp_path / "cells",
-        "--model-input-size", 256)
-    argv = ["data", "paragraphs", tmp_path / "cells", *SPLIT]
+    argv = ["data", "paragraphs", cells, *SPLIT]
     cli(*argv, "--out", tmp_path / "whole")
     kill_while_writing([*argv, "--out", tmp_path / "p"], tmp_path / "p" / "test", "part-00000")
     assert (tmp_path / "p" / "train" / "manifest.json").exists() and not (tmp_path / "p" / "splits.json").exists()
@@ -125,7 +132,7 @@ def kill_while_uploading(argv, prefix: str, key: str, env: dict) -> dict[str, by
     deadline = time.monotonic() + 120
     while client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/{key}").get("KeyCount", 0) == 0:
         assert process.poll() is None, "the command finished before it could be killed; give it more work"
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, f"{key} never reached the server"
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -160,9 +167,10 @@ def started(marker: bytes) -> str:
     return f"started {marker['started']} on {marker['host']}"
 
 
-def tokenized_on_s3(simulated, prefix: str) -> str:
-    """The simulated cells tokenized to 256 tokens at ``s3://BUCKET/prefix``."""
-    cells = f"s3://{BUCKET}/{prefix}"
+@pytest.fixture(scope="module")
+def cells_on_s3(simulated, s3_server):
+    """The simulated cells tokenized to 256 tokens on the server."""
+    cells = f"s3://{BUCKET}/faults/paragraph-cells"
     cli("data", "tokenize", simulated / "sim.h5ad", "--vocab", simulated / "v.json", "--medians",
         simulated / "m.json", "--time-column", "age", "--group-columns", "donor", "--out", cells,
         "--model-input-size", 256)
@@ -184,9 +192,8 @@ def test_killed_tokenize_to_s3_reruns_to_the_same_output(simulated, s3_env, tmp_
 
 
 @pytest.mark.s3
-def test_killed_paragraphs_to_s3_reruns_to_the_same_output(simulated, s3_env):
-    cells = tokenized_on_s3(simulated, "faults/paragraph-cells")
-    argv = ["data", "paragraphs", cells, "--num-examples", 6000, "--seed", 5, "--time-scale", 0.1]
+def test_killed_paragraphs_to_s3_reruns_to_the_same_output(cells_on_s3, s3_env):
+    argv = ["data", "paragraphs", cells_on_s3, *PARAGRAPHS]
     cli(*argv, "--out", f"s3://{BUCKET}/faults/whole-paragraphs")
     left = kill_while_uploading(argv, "faults/paragraphs", "part-00001/shard.00000.mds", s3_env)
     assert notices(rerun(argv, "faults/paragraphs", s3_env)) == [
@@ -196,9 +203,8 @@ def test_killed_paragraphs_to_s3_reruns_to_the_same_output(simulated, s3_env):
 
 
 @pytest.mark.s3
-def test_killed_split_paragraphs_to_s3_rerun_to_the_same_output(simulated, s3_env):
-    cells = tokenized_on_s3(simulated, "faults/split-cells")
-    argv = ["data", "paragraphs", cells, *SPLIT]
+def test_killed_split_paragraphs_to_s3_rerun_to_the_same_output(cells_on_s3, s3_env):
+    argv = ["data", "paragraphs", cells_on_s3, *SPLIT]
     cli(*argv, "--out", f"s3://{BUCKET}/faults/whole-splits")
     left = kill_while_uploading(argv, "faults/splits", "test/part-00000/shard.00000.mds", s3_env)
     assert "train/manifest.json" in left and "splits.json" not in left

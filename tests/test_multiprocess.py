@@ -23,9 +23,15 @@ def cli(*argv):
 
 
 def launch(*argv, processes=2):
+    """Run a script, in ``processes`` ranks through Composer's launcher. The launcher picks a free port for the
+    ranks to meet on and rank 0 binds it later; another process may take it meanwhile (EADDRINUSE), and then
+    the launch is tried again."""
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     prefix = [COMPOSER, "-n", str(processes)] if processes > 1 else [sys.executable]
-    result = subprocess.run([*prefix, *map(str, argv)], capture_output=True, text=True, env=env, cwd=ROOT)
+    for _ in range(3):
+        result = subprocess.run([*prefix, *map(str, argv)], capture_output=True, text=True, env=env, cwd=ROOT)
+        if result.returncode == 0 or "EADDRINUSE" not in result.stdout + result.stderr:
+            break
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 from conftest import tokenize_hsmm
-from helpers.ports import free_port
 from helpers.restartable_s3 import RestartableS3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "maxtoki-outage"
 RUN = f"s3://{BUCKET}/run"
-BATCHES = 400
 BATCHES_PER_EPOCH = 33  # 271 cells in batches of 8, the last partial batch dropped
 
 pytestmark = pytest.mark.s3
@@ -28,7 +26,7 @@ pytestmark = pytest.mark.s3
 
 @pytest.fixture
 def server():
-    server = RestartableS3Server(free_port(), BUCKET)
+    server = RestartableS3Server(BUCKET)
     server.start()
     yield server
     if server.process is not None:
@@ -43,14 +41,15 @@ def cells(tmp_path_factory, hsmm_path, hsmm_reference):
     return out, vocab
 
 
-def train(server, cells, tmp_path, log_name, **env):
-    """Start ``scripts/train.py`` on stage 1 with checkpoints on the server; its output goes to a file."""
+def train(server, cells, tmp_path, log_name, batches, every, **env):
+    """Start ``scripts/train.py`` on stage 1 for ``batches`` batches with a checkpoint on the server ``every``
+    so many; its output goes to a file."""
     data, vocab = cells
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "S3_ENDPOINT_URL": server.endpoint, "PYTHONUNBUFFERED": "1", **env}
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), str(ROOT / "configs" / "pretrain" / "tiny-cpu.yaml"),
                f"variables.data={data}", f"variables.vocab={vocab}", "max_seq_len=64", f"save_folder={RUN}",
-               f"max_duration={BATCHES}ba", "save_interval=50ba", f"eval_interval={BATCHES}ba",
+               f"max_duration={batches}ba", f"save_interval={every}ba", f"eval_interval={batches}ba",
                "eval_subset_num_batches=1", "global_train_batch_size=8", "device_train_microbatch_size=8",
                "log_to_console=true", "console_log_interval=10ba", "loggers={}"]  # [batch=N/M] lines
     log = open(tmp_path / log_name, "w")
@@ -76,7 +75,11 @@ def checkpoints(server) -> list[int]:
 
 
 def logged_batches(log: Path) -> list[int]:
-    return [int(b) for b in re.findall(rf"\[batch=(\d+)/{BATCHES}\]", log.read_text())]
+    return [int(b) for b in re.findall(r"\[batch=(\d+)/\d+\]", log.read_text())]
+
+
+def checkpoint_key(batch: int) -> str:
+    return f"run/ep{batch // BATCHES_PER_EPOCH}-ba{batch}-rank0.pt"
 
 
 def stop_once_on_s3(server, key):
@@ -85,20 +88,26 @@ def stop_once_on_s3(server, key):
 
 
 def test_a_short_outage_is_ridden_out(server, cells, tmp_path):
-    child = train(server, cells, tmp_path, "train.log")
-    stop_once_on_s3(server, "run/ep1-ba50-rank0.pt")
-    time.sleep(8)
+    """The store goes away once the first checkpoint is on it and comes back once training has saved the
+    next one, whose upload retries meanwhile: the run finishes by itself with every checkpoint on the store."""
+    batches, every, log = 100, 25, tmp_path / "train.log"
+    child = train(server, cells, tmp_path, "train.log", batches, every)
+    stop_once_on_s3(server, checkpoint_key(every))
+    during = (max(logged_batches(log), default=0) // every + 1) * every  # not saved yet: its batch is not logged
+    assert during < batches, "training outran the first upload; give it more batches"
+    wait_for(lambda: max(logged_batches(log), default=0) > during, 300, f"the checkpoint of batch {during}")
     server.start()
-    assert child.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
-    assert latest(server) == BATCHES
-    assert checkpoints(server) == list(range(50, BATCHES + 1, 50))  # including the one saved during the outage
-    assert logged_batches(tmp_path / "train.log") == [1, *range(10, BATCHES + 1, 10)]  # one run, start to end
+    assert child.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert latest(server) == batches
+    assert checkpoints(server) == list(range(every, batches + 1, every))  # including the one saved in the outage
+    assert logged_batches(log) == [1, *range(10, batches + 1, 10)]  # one run, start to end
 
 
 @pytest.mark.slow  # two runs and an outage: about 3.5 minutes
 def test_a_long_outage_stops_the_run_and_the_same_command_finishes_it(server, cells, tmp_path):
+    batches, every = 400, 50  # long enough to link a checkpoint (Composer polls every 30 s) before the outage
     # one attempt per upload stands for an outage longer than the retries (about two minutes by default)
-    child = train(server, cells, tmp_path, "first.log", AWS_MAX_ATTEMPTS="1")
+    child = train(server, cells, tmp_path, "first.log", batches, every, AWS_MAX_ATTEMPTS="1")
     stop_once_on_s3(server, "run/latest-rank0.pt.symlink")
     assert child.wait(timeout=600) == 2
     first = (tmp_path / "first.log").read_text()
@@ -106,19 +115,18 @@ def test_a_long_outage_stops_the_run_and_the_same_command_finishes_it(server, ce
     assert "rerun the same command" in first and "Traceback" not in first
     server.start()
     resumed_from = latest(server)
-    assert 0 < resumed_from < BATCHES
+    assert 0 < resumed_from < batches
     # a checkpoint uploaded but never linked (linking waits for Composer's 30 s poll; a copy stands in for one
     # when the outage came after the link): the rerun resumes from the linked one and replaces it on its way
-    following = resumed_from + 50
-    unlinked = f"run/ep{following // BATCHES_PER_EPOCH}-ba{following}-rank0.pt"
+    unlinked = checkpoint_key(resumed_from + every)
     if unlinked not in server.keys():
         server.client().copy_object(Bucket=BUCKET, Key=unlinked, CopySource={
-            "Bucket": BUCKET, "Key": f"run/ep{resumed_from // BATCHES_PER_EPOCH}-ba{resumed_from}-rank0.pt"})
-    child = train(server, cells, tmp_path, "again.log")
+            "Bucket": BUCKET, "Key": checkpoint_key(resumed_from)})
+    child = train(server, cells, tmp_path, "again.log", batches, every)
     assert child.wait(timeout=600) == 0, (tmp_path / "again.log").read_text()[-3000:]
-    assert latest(server) == BATCHES
-    assert checkpoints(server)[-1] == BATCHES
+    assert latest(server) == batches
+    assert checkpoints(server)[-1] == batches
     notice = next(line for line in (tmp_path / "again.log").read_text().splitlines() if "never linked" in line)
     assert unlinked.split("/")[-1] in notice
     resumed = logged_batches(tmp_path / "again.log")
-    assert resumed[0] == resumed_from + 1 and resumed[-1] == BATCHES  # from the checkpoint, not from scratch
+    assert resumed[0] == resumed_from + 1 and resumed[-1] == batches  # from the checkpoint, not from scratch

@@ -51,32 +51,77 @@ def s3_data(s3_server, hsmm_path, hsmm_reference):
     return str(vocab)
 
 
-def test_both_stages_stream_from_s3_checkpoint_to_s3_and_resume(s3_data, tmp_path):
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """The module's runs start here: Composer keeps local copies of remote checkpoints under ./s3:/..."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("s3_training"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def prompt_links():
+    """Composer links a checkpoint as the latest once a poll, every 30 s, finds it uploaded, and the end of a
+    run waits for that poll: half a minute of each run here. Polled every half second, the same links come sooner."""
+    from composer.callbacks import CheckpointSaver
+
+    init = CheckpointSaver.__init__
+
+    def polling_often(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        assert self._symlink_upload_wait_before_next_try_in_seconds == 30  # Composer's poll, replaced here
+        self._symlink_upload_wait_before_next_try_in_seconds = 0.5
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CheckpointSaver, "__init__", polling_often)
+        yield
+
+
+def stage1(s3_data, batches, *overrides):
+    return run("pretrain/tiny-cpu.yaml", "pretrain", batches, f"variables.data={BUCKET}/cells", "max_seq_len=64",
+               f"variables.vocab={s3_data}", *overrides)
+
+
+@pytest.fixture(scope="module")
+def pretrained(s3_data, workdir, prompt_links):
+    """Stage 1 for 4 batches, checkpointed to S3: the trainer and the run's objects on S3 after it."""
+    return stage1(s3_data, 4), names(f"{BUCKET}/runs/pretrain")
+
+
+@pytest.fixture(scope="module")
+def resumed(s3_data, pretrained):
+    """The same command with a longer duration (it resumes from the checkpoint on S3), and with the GPU
+    recipes' callback that keeps only the newest checkpoints there: the trainer and the run's objects after it."""
+    return stage1(s3_data, 6, "callbacks.prune_remote_checkpoints.keep=2"), names(f"{BUCKET}/runs/pretrain")
+
+
+@pytest.fixture(scope="module")
+def temporal(resumed):
+    """Stage 2 from the latest stage-1 checkpoint on S3 (through Composer's symlink object), with the
+    vocabulary that the data carries on S3."""
+    return run("temporal/tiny-cpu.yaml", "temporal", 2, f"variables.data={BUCKET}/paragraphs",
+               f"variables.eval_data={BUCKET}/paragraphs", f"variables.vocab={BUCKET}/paragraphs/vocab.json",
+               f"variables.pretrained={BUCKET}/runs/pretrain/latest-rank0.pt.symlink", "max_seq_len=256",
+               "model.rope_scaling.original_max_position_embeddings=64")
+
+
+def test_both_stages_stream_from_s3_checkpoint_to_s3_and_resume(pretrained, resumed, temporal):
+    """What the module's runs did (fixtures: the other tests read their checkpoints)."""
     from composer.loggers import InMemoryLogger
 
-    common = [f"variables.vocab={s3_data}"]
-    first = run("pretrain/tiny-cpu.yaml", "pretrain", 4, f"variables.data={BUCKET}/cells", "max_seq_len=64",
-                *common)
+    first, written = pretrained
     assert int(first.state.timestamp.batch) == 4
-    assert names(f"{BUCKET}/runs/pretrain") == ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt", "latest-rank0.pt.symlink"]
-    # the same command with a longer duration resumes from the checkpoint on S3, not from scratch
-    # ... and with the GPU recipes' callback keeps only the newest checkpoints there (Composer never deletes them)
-    again = run("pretrain/tiny-cpu.yaml", "pretrain", 6, f"variables.data={BUCKET}/cells",
-                "max_seq_len=64", "callbacks.prune_remote_checkpoints.keep=2", *common)
+    assert written == ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt", "latest-rank0.pt.symlink"]
+    # resumed from the checkpoint on S3, not from scratch; Composer never deletes checkpoints, the callback does
+    again, kept = resumed
     logger = next(d for d in again.logger.destinations if isinstance(d, InMemoryLogger))
     assert [int(t.batch) for t, _ in logger.data["loss/train/total"]] == [4, 5]
-    assert names(f"{BUCKET}/runs/pretrain") == ["ep0-ba4-rank0.pt", "ep0-ba6-rank0.pt", "latest-rank0.pt.symlink"]
-    # stage 2 starts from the latest stage-1 checkpoint on S3 (through Composer's symlink object)
-    # and reads the vocabulary that the data carries on S3
-    second = run("temporal/tiny-cpu.yaml", "temporal", 2, f"variables.data={BUCKET}/paragraphs",
-                 f"variables.eval_data={BUCKET}/paragraphs", f"variables.vocab={BUCKET}/paragraphs/vocab.json",
-                 f"variables.pretrained={BUCKET}/runs/pretrain/latest-rank0.pt.symlink", "max_seq_len=256",
-                 "model.rope_scaling.original_max_position_embeddings=64")
-    assert int(second.state.timestamp.batch) == 2
+    assert kept == ["ep0-ba4-rank0.pt", "ep0-ba6-rank0.pt", "latest-rank0.pt.symlink"]
+    assert int(temporal.state.timestamp.batch) == 2
     assert "latest-rank0.pt.symlink" in names(f"{BUCKET}/runs/temporal")
 
 
-def test_inference_reads_checkpoints_and_data_from_s3(s3_data, tmp_path):
+def test_inference_reads_checkpoints_and_data_from_s3(s3_data, temporal, tmp_path):
     checkpoint = f"{BUCKET}/runs/temporal/latest-rank0.pt"  # resolved through the .symlink object
     cli("predict", "time", "--checkpoint", checkpoint, "--data", f"{BUCKET}/eval", "--out", tmp_path / "pred",
         "--train-data", f"{BUCKET}/paragraphs")
@@ -107,9 +152,8 @@ def test_every_loader_and_every_run_gets_its_own_streaming_cache(monkeypatch, tm
     assert streaming_cache(f"{BUCKET}/cells", manifest, "x").startswith(str(tmp_path / "disk") + "/")
 
 
-def test_damaged_checkpoints_on_s3_are_refused_never_loaded(s3_data, capsys):
-    """A stage-2 ``load_path`` and an autoresume checkpoint on S3 are checked like local ones (after the
-    first test has trained stage 1 to S3)."""
+def test_damaged_checkpoints_on_s3_are_refused_never_loaded(s3_data, pretrained, capsys):
+    """A stage-2 ``load_path`` and an autoresume checkpoint on S3 are checked like local ones."""
     from maxtoki.training import main as train_main
 
     raw = storage.download_bytes(f"{BUCKET}/runs/pretrain/ep0-ba4-rank0.pt")

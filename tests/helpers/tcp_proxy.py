@@ -1,6 +1,8 @@
 """Forward TCP connections from 127.0.0.1:LISTEN to 127.0.0.1:TARGET (``python tcp_proxy.py LISTEN TARGET``).
 
-The public face of RestartableS3Server: the store answers on its port only once its objects are back.
+The public face of RestartableS3Server: the store answers on its port only once its objects are back. LISTEN 0
+takes a port no other process holds; the port is printed on stderr ("listening on 127.0.0.1:PORT") once
+connections are accepted there.
 """
 
 import asyncio
@@ -28,6 +30,7 @@ async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.Str
 
 async def main(listen: int, target: int) -> None:
     server = await asyncio.start_server(lambda r, w: handle(r, w, target), "127.0.0.1", listen)
+    print(f"listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}", file=sys.stderr, flush=True)
     async with server:
         await server.serve_forever()
 
