@@ -25,7 +25,7 @@ import numpy as np
 
 from maxtoki.errors import InputFileError, MaxtokiError
 from maxtoki.model.read_out_scale import read_out_scale
-from maxtoki.vocab import VOCAB_FILE
+from maxtoki.vocab import VOCAB_FILE, fitting_max_time
 
 RECIPES = Path(__file__).resolve().parent.parent / "configs"
 
@@ -170,9 +170,8 @@ def genes_in_cells(cells: str | Path) -> list[str]:
 
 
 def time_token_range(course: TimeCourse) -> int:
-    """``--max-time`` of the vocabulary: time tokens -T..T-1 covering the data's largest Δ with a quarter
-    to spare (later data may reach a little further), at least 10."""
-    return max(10, math.ceil(1.25 * course.max_timelapse) + 1)
+    """``--max-time`` of the vocabulary for the data's largest Δ."""
+    return fitting_max_time(course.max_timelapse)
 
 
 def _evaluation_splits(options: PipelineOptions) -> tuple[str, str | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import pickle
 import re
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,12 @@ def is_numeric_token(token: str) -> bool:
     """A token whose string parses as an integer is a time token (the released convention)."""
     return bool(_NUMERIC_RE.match(token))
 
+
+
+def fitting_max_time(largest_timelapse: float) -> int:
+    """``--max-time`` for data whose largest Δ is ``largest_timelapse``: time tokens -T..T-1 covering it with a
+    quarter to spare (later data may reach a little further), at least 10."""
+    return max(10, math.ceil(1.25 * largest_timelapse) + 1)
 
 class Vocabulary:
     """Token string <-> id lookups plus the id classes the model and data code need."""

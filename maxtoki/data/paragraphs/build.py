@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from maxtoki.data.shards.manifest import base_manifest
 from maxtoki.data.shards.mds import mds_writer_class
 from maxtoki.data.shards.parallel import run_parts
 from maxtoki.errors import MaxtokiError
-from maxtoki.vocab import VOCAB_FILE, Vocabulary
+from maxtoki.vocab import VOCAB_FILE, Vocabulary, fitting_max_time
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +181,7 @@ def warn_if_time_tokens_far_exceed(vocab: Vocabulary, index: CellIndex, time_sca
         logger.warning(f"the time tokens of {vocab_path or 'the vocabulary'} reach ±{reach}, {reach / largest:.0f} x "
                        f"the largest Δ of these cells ({largest}): a model spreads its time read-out over times that "
                        f"never occur; build the vocabulary with `maxtoki data vocab --max-time "
-                       f"{math.ceil(1.25 * largest) + 1}` (or give --time-scale)")
+                       f"{fitting_max_time(largest)}` (or give --time-scale)")
 
 
 def _subsets(index: CellIndex, store: CellStore, split, holdout_groups, holdout_values, holdout_fraction: float,
