@@ -193,7 +193,7 @@ def deletion_by_rank(deleted, cells, drivers, query_cells) -> dict:
 def throughput(args) -> dict:
     """Variants per second: the shared-context screen (context once, variants over its cache) against scoring
     every variant as a whole prompt (``predict_time.predict``), the same model, cells and variants."""
-    from maxtoki.analysis.perturb import delete, overexpress
+    from maxtoki.analysis.perturbations import delete, overexpress
     from maxtoki.analysis.prompts import ContextOptions, ContextSampler
     from maxtoki.analysis.timelapse import SharedContextPredictor
     from maxtoki.inference.predict_time import predict

@@ -58,6 +58,25 @@ def prune_remote_checkpoints(save_folder: str, keep: int) -> list[str]:
     return doomed
 
 
+LINK_POLL_SECONDS = 1.0
+
+
+class LinkCheckpointsPromptly(Callback):
+    """Composer links a checkpoint on an object store (``latest-rank0.pt.symlink``) once a worker has seen all
+    of its files there, looking again every 30 s (a fixed, private setting of Composer 0.32's CheckpointSaver):
+    every ``s3://`` run idled up to 30 s after its last upload, and a run stopped in that window left its newest
+    checkpoint unlinked. ``train_from_recipe`` adds this callback to runs with a remote save folder; it makes
+    the worker look every ``LINK_POLL_SECONDS`` (one listing of the run's files per look)."""
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        del logger
+        from composer.callbacks import CheckpointSaver
+
+        for saver in (c for c in state.callbacks if isinstance(c, CheckpointSaver)):
+            if hasattr(saver, "_symlink_upload_wait_before_next_try_in_seconds"):
+                saver._symlink_upload_wait_before_next_try_in_seconds = LINK_POLL_SECONDS
+
+
 class PruneRemoteCheckpoints(Callback):
     """``callbacks: {prune_remote_checkpoints: {keep: 3}}``: after each checkpoint, and once the last upload
     is done, keep only the newest ``keep`` checkpoints of the run's ``s3://`` save folder. Rank 0 prunes;

@@ -318,6 +318,10 @@ def train_from_recipe(recipe: str, overrides: list[str] = ()):
             cfg["save_overwrite"] = True
             logger.info(f"{save_folder} holds checkpoints uploaded but never linked as latest (the run stopped "
                         f"first): {', '.join(unlinked)}; resuming from the linked one, this run replaces them")
+    if save_folder and "://" in str(save_folder):
+        if cfg.get("callbacks") is None:
+            cfg["callbacks"] = {}
+        cfg["callbacks"]["link_checkpoints_promptly"] = {}  # not 30 s idle after the last upload
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("AWS_MAX_ATTEMPTS", UPLOAD_ATTEMPTS)  # checkpoint uploads ride out a short outage
     quiet_expected_warnings()

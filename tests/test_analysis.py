@@ -15,7 +15,7 @@ from helpers.held_out_baselines import held_out_baselines
 from helpers.planted_shift import DISEASE_DONORS, DONORS, SHIFT, age_acceleration, train_on_simulated_donors
 
 from maxtoki.analysis.age_acceleration import AccelerationOptions, PairArrays, bootstrap, estimate
-from maxtoki.analysis.perturb import delete, overexpress
+from maxtoki.analysis.perturbations import delete, overexpress
 from maxtoki.cli import main as cli_main
 from maxtoki.vocab import Vocabulary
 

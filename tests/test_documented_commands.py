@@ -331,10 +331,18 @@ def test_documented_commands_run_on_tiny_data(tmp_path, monkeypatch, s3_server, 
         **{"paragraphs/train": "eval/train"})
     acceleration = json.loads(Path("ipf/acceleration.json").read_text())
     assert acceleration["case_donors"] == 2 and acceleration["pairs"] > 0
-    run("maxtoki analyze perturb --checkpoint maxtoki-217m/ --data cells/ --donor-column donor --match-columns "
-        "cell_type --query-where age_group=young --top-genes 500 --query-cells 200 --out screen/")
+    run("maxtoki analyze perturb --checkpoint runs/temporal/latest-rank0.pt --data cells/ --donor-column donor "
+        "--match-columns cell_type --query-where age_group=young --top-genes 500 --query-cells 200 --out screen/",
+        **{"runs/temporal/latest-rank0.pt": "maxtoki-217m/"})
     effects = pd.read_csv("screen/effects.csv")
     assert set(effects["gene"]) <= set(vocab.genes) and set(effects["mode"]) == {"delete", "overexpress"}
+    assert {"p_value", "fdr", "shift_beyond_null"} <= set(effects.columns)  # NaN here: the panel is every gene
+    run("maxtoki analyze perturb --checkpoint maxtoki-217m/ --data cells/ --readout embedding --start-state "
+        "age_group=old --goal-state age_group=young --top-genes 500 --modes delete overexpress --query-cells 200 "
+        "--out goal-screen/")
+    effects = pd.read_csv("goal-screen/effects.csv")
+    assert set(effects["mode"]) == {"delete", "overexpress"} and len(effects) == 2 * effects["gene"].nunique()
+    assert json.loads(Path("goal-screen/perturb.json").read_text())["readout"] == "embedding"
 
     # object storage, as docs/scale-out.md and the training guide show it (bucket names swapped)
     run("maxtoki data tokenize corpus/ --vocab vocab.json --medians medians.json --out s3://lab/cells "

@@ -45,6 +45,11 @@ def test_the_gpu_benchmark_runs_every_measurement_in_its_cpu_form(tmp_path):
     for mode in ("kv_cache", "naive"):
         assert positive(generation[mode]["tokens_per_sec"])
         assert generation[mode]["generated"] == generation["tokens"]
+    batched, screen = generation["batched"], generation["screen"]
+    assert batched["prompts"] == 16 and batched["identical_first_4"], batched  # fp32: the same tokens
+    assert positive(batched["batch_tokens_per_sec"]) and positive(batched["one_at_a_time_tokens_per_sec"])
+    assert screen["variants"] == 62 and screen["max_difference"] < 1e-4, screen  # batched = alone
+    assert positive(screen["batch_variants_per_sec"]) and positive(screen["one_at_a_time_variants_per_sec"])
     assert results["environment"]["torch"] and "tokens/s" in run.stdout
 
 

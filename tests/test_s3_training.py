@@ -59,31 +59,13 @@ def workdir(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="module")
-def prompt_links():
-    """Composer links a checkpoint as the latest once a poll, every 30 s, finds it uploaded, and the end of a
-    run waits for that poll: half a minute of each run here. Polled every half second, the same links come sooner."""
-    from composer.callbacks import CheckpointSaver
-
-    init = CheckpointSaver.__init__
-
-    def polling_often(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        assert self._symlink_upload_wait_before_next_try_in_seconds == 30  # Composer's poll, replaced here
-        self._symlink_upload_wait_before_next_try_in_seconds = 0.5
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(CheckpointSaver, "__init__", polling_often)
-        yield
-
-
 def stage1(s3_data, batches, *overrides):
     return run("pretrain/tiny-cpu.yaml", "pretrain", batches, f"variables.data={BUCKET}/cells", "max_seq_len=64",
                f"variables.vocab={s3_data}", *overrides)
 
 
 @pytest.fixture(scope="module")
-def pretrained(s3_data, workdir, prompt_links):
+def pretrained(s3_data, workdir):
     """Stage 1 for 4 batches, checkpointed to S3: the trainer and the run's objects on S3 after it."""
     return stage1(s3_data, 4), names(f"{BUCKET}/runs/pretrain")
 
@@ -109,8 +91,15 @@ def test_both_stages_stream_from_s3_checkpoint_to_s3_and_resume(pretrained, resu
     """What the module's runs did (fixtures: the other tests read their checkpoints)."""
     from composer.loggers import InMemoryLogger
 
+    from composer.callbacks import CheckpointSaver
+
+    from maxtoki.remote_checkpoints import LINK_POLL_SECONDS
+
     first, written = pretrained
     assert int(first.state.timestamp.batch) == 4
+    # the link is looked for every second, not Composer's 30 s: a run ends soon after its last upload
+    saver = next(c for c in first.state.callbacks if isinstance(c, CheckpointSaver))
+    assert saver._symlink_upload_wait_before_next_try_in_seconds == LINK_POLL_SECONDS
     assert written == ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt", "latest-rank0.pt.symlink"]
     # resumed from the checkpoint on S3, not from scratch; Composer never deletes checkpoints, the callback does
     again, kept = resumed

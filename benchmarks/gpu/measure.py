@@ -2,12 +2,14 @@
 gives its GPU memory back; ``run.py`` launches it (with ``composer -n N`` for training on GPUs).
 
     measure.py train --out M.json --warmup K RECIPE [key=value ...]
-    measure.py generate --out M.json --vocab V --size S --tokens T --device D --dtype D
+    measure.py generate --out M.json --vocab V --size S --tokens T --device D --dtype D --batch B --screen-length L
 
 ``train`` runs the recipe through ``maxtoki.training.train_from_recipe`` with an in-memory logger in
 place of the recipe's loggers, and rank 0 writes what Composer measured over the steps after the
 first K: tokens/s and MFU (SpeedMonitor, per step), peak memory and the micro-batch size.
-``generate`` times NextCell generation by a randomly initialised model with and without the KV cache.
+``generate`` times NextCell generation by a randomly initialised model with and without the KV cache, then
+batched (many prompts of different lengths in one left-padded batch) against one prompt at a time, and the
+embedding read-out of a perturbation screen (``EmbeddingReader``) batched against one variant at a time.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def measure_training(recipe: str, overrides: list[str], warmup: int) -> dict:
     }
 
 
-def measure_generation(vocab_path: str, size: str, tokens: int, device: str, dtype: str) -> dict:
+def measure_generation(vocab_path: str, size: str, tokens: int, device: str, dtype: str, prompts_in_batch: int,
+                       screen_length: int) -> dict:
     """Greedy generation of one cell of ``tokens`` tokens after a 55-token prompt, as
     benchmarks/generation_speed.py does on CPU; <eos> is made unlikely so that the whole budget is used."""
     import numpy as np
@@ -129,6 +132,7 @@ def measure_generation(vocab_path: str, size: str, tokens: int, device: str, dty
     model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
     prompt = np.array([vocab.bos_id, *vocab.gene_ids[:50], vocab.eos_id, vocab.boq_id, vocab.time_token(12),
                        vocab.eoq_id])
+    prompts = batch_prompts(vocab, prompts_in_batch)
     for cache in (True, False):  # kernels chosen and memory allocated before the clock starts
         generate_cells(model, [prompt], vocab, Sampling(max_new_tokens=16), device=device, use_cache=cache)
     result, outputs = {"size": size, "prompt_tokens": len(prompt), "tokens": tokens, "dtype": dtype}, {}
@@ -145,7 +149,65 @@ def measure_generation(vocab_path: str, size: str, tokens: int, device: str, dty
     # bf16 on a GPU: the two paths round differently, so near-ties between genes may break differently
     result["first_difference"] = int(differ[0]) if len(differ) else None
     result["speedup"] = result["naive"]["seconds"] / result["kv_cache"]["seconds"]
+    result["batched"] = measure_batched_generation(model, vocab, prompts, tokens // 4, device)
+    result["screen"] = measure_screen(model, vocab, screen_length, device)
     return result
+
+
+def timed(function):
+    """(result, seconds) of a call; outputs are host arrays, so the device has finished."""
+    start = time.perf_counter()
+    value = function()
+    return value, time.perf_counter() - start
+
+
+def batch_prompts(vocab, count: int) -> list:
+    """``count`` NextCell prompts of different lengths (a cell of 50 + 4k genes, then <boq> Δ <eoq>)."""
+    import numpy as np
+
+    return [np.array([vocab.bos_id, *vocab.gene_ids[k:50 + 5 * k], vocab.eos_id, vocab.boq_id,
+                      vocab.time_token(k % 10), vocab.eoq_id]) for k in range(count)]
+
+
+def measure_batched_generation(model, vocab, prompts: list, tokens: int, device: str) -> dict:
+    """Tokens/s of greedy generation for all prompts in one batch against one at a time (the first 4 alone,
+    as the rate of one prompt at a time does not depend on how many), and whether the tokens agree."""
+    import numpy as np
+
+    from maxtoki.inference.generate import Sampling, generate_cells
+
+    greedy = Sampling(max_new_tokens=tokens)
+    generate_cells(model, prompts[:2], vocab, Sampling(max_new_tokens=8), batch_size=2, device=device)  # warm-up
+    batched, batched_s = timed(lambda: generate_cells(model, prompts, vocab, greedy, batch_size=len(prompts),
+                                                      device=device))
+    alone, alone_s = timed(lambda: [generate_cells(model, [p], vocab, greedy, device=device)[0] for p in prompts[:4]])
+    return {"prompts": len(prompts), "tokens_per_prompt": tokens,
+            "batch_tokens_per_sec": sum(map(len, batched)) / batched_s,
+            "one_at_a_time_tokens_per_sec": sum(map(len, alone)) / alone_s,
+            "speedup": (sum(map(len, batched)) / batched_s) / (sum(map(len, alone)) / alone_s),
+            "identical_first_4": all(np.array_equal(a, b) for a, b in zip(batched, alone))}
+
+
+def measure_screen(model, vocab, length: int, device: str) -> dict:
+    """Variants/s of the embedding read-out: every gene of one ``length``-gene cell deleted, in batches of 64
+    against one variant at a time (the first 16)."""
+    import numpy as np
+
+    from maxtoki.analysis.embedding_shift import EmbeddingReader
+    from maxtoki.analysis.perturbations import delete
+
+    cell = np.array([vocab.bos_id, *vocab.gene_ids[:length], vocab.eos_id])
+    variants = [delete(cell, int(g)) for g in cell[1:-1]][:256]
+    left_out = [(int(g),) for g in cell[1:-1]][:256]
+    batched_reader = EmbeddingReader(model, vocab, batch_size=64, device=device)
+    alone_reader = EmbeddingReader(model, vocab, batch_size=1, device=device)
+    batched_reader.pooled(variants[:64], left_out[:64])  # warm-up
+    batched, batched_s = timed(lambda: batched_reader.pooled(variants, left_out))
+    alone, alone_s = timed(lambda: alone_reader.pooled(variants[:16], left_out[:16]))
+    return {"cell_genes": length, "variants": len(variants), "batch_size": 64,
+            "batch_variants_per_sec": len(variants) / batched_s, "one_at_a_time_variants_per_sec": 16 / alone_s,
+            "speedup": (len(variants) / batched_s) / (16 / alone_s),
+            "max_difference": float(np.abs(batched[:16] - alone).max())}
 
 
 def finite(value):
@@ -168,6 +230,8 @@ def main(argv: list[str]) -> int:
     generate.add_argument("--tokens", type=int, required=True)
     generate.add_argument("--device", required=True)
     generate.add_argument("--dtype", required=True)
+    generate.add_argument("--batch", type=int, required=True, help="prompts generated in one batch")
+    generate.add_argument("--screen-length", type=int, required=True, help="genes of the screened cell")
     args = parser.parse_args(argv)
     if args.command == "train":
         from composer.utils import dist
@@ -176,7 +240,8 @@ def main(argv: list[str]) -> int:
         if dist.get_global_rank() != 0:
             return 0
     else:
-        result = measure_generation(args.vocab, args.size, args.tokens, args.device, args.dtype)
+        result = measure_generation(args.vocab, args.size, args.tokens, args.device, args.dtype, args.batch,
+                                    args.screen_length)
     result = {key: finite(value) for key, value in result.items()}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

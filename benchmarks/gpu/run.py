@@ -7,8 +7,10 @@ Needs only `bash scripts/setup.sh`: no network, no data besides the bundled maxt
 tokenizes PBMC 3k (2,700 cells, 4,096-token cells) for stage 1 and builds HSMM time-course paragraphs
 (16,384 tokens) for stage 2, and imports a random model laid out as MaxToki-217M is released
 (`maxtoki import-hf`) for a stage-2 run from released weights (heads of 154 padded to 160, so fused
-attention runs them), on paragraphs encoded with the released vocabulary and medians. A randomly initialised `217m` in bf16 generates a 1,000-token cell with and
-without the KV cache. Then `217m` and `1b` train from configs/pretrain and configs/temporal (FSDP,
+attention runs them), on paragraphs encoded with the released vocabulary and medians. A randomly
+initialised `217m` in bf16 generates a 1,000-token cell with and without the KV cache, then 64 prompts in one
+batch against one at a time, and reads the embedding screen's variants (every gene of a 2,046-gene cell
+deleted) in batches of 64 against one at a time. Then `217m` and `1b` train from configs/pretrain and configs/temporal (FSDP,
 amp_bf16, device_train_microbatch_size auto, random weights) for 20 steps each: stage 1 with
 `train_loader.dataset.packing_ratio` null (padded batches) and auto (packed rows), and stage 2. Each
 training run is its own `composer -n GPUS` launch, so that it starts fresh and frees its GPU memory.
@@ -24,7 +26,7 @@ On one GPU llm-foundry turns FSDP off (and with it the recipes' activation check
 the model on the host: the runs then measure single-device training, and say so (`"fsdp": false`).
 
 The CPU form runs the same steps with the tiny recipes in fp32 (64-token cells, 5 steps, 64 generated
-tokens), in about a minute on two cores.
+tokens), each measurement in this process rather than a launch of its own, in about a minute on two cores.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Plan:
     warmup: int  # steps left out of the medians: the first holds the micro-batch search
     generation_size: str
     generation_tokens: int
+    generation_batch: int  # prompts generated in one batch, against one at a time
+    screen_genes: int  # genes of the cell whose deletions the embedding screen reads
     device: str
     dtype: str
     timeout_s: int  # per measurement
@@ -71,11 +75,13 @@ class Plan:
 
 GPU = Plan(sizes=("217m", "1b"), stage1_recipe="pretrain/{size}.yaml", stage2_recipe="temporal/{size}.yaml",
            cell_tokens=4096, paragraph_tokens=16384, cells_per_gpu=32, paragraphs_per_gpu=4, steps=20, warmup=5,
-           generation_size="217m", generation_tokens=1000, device="cuda", dtype="bfloat16", timeout_s=240,
+           generation_size="217m", generation_tokens=1000, generation_batch=64, screen_genes=2046, device="cuda",
+           dtype="bfloat16", timeout_s=240,
            released_shape=dict(hidden=1232, layers=11, heads=8, intermediate=2464))
 CPU = Plan(sizes=("tiny",), stage1_recipe="pretrain/tiny-cpu.yaml", stage2_recipe="temporal/tiny-cpu.yaml",
            cell_tokens=64, paragraph_tokens=1024, cells_per_gpu=16, paragraphs_per_gpu=4, steps=5, warmup=2,
-           generation_size="tiny", generation_tokens=64, device="cpu", dtype="float32", timeout_s=300,
+           generation_size="tiny", generation_tokens=64, generation_batch=16, screen_genes=62, device="cpu",
+           dtype="float32", timeout_s=300,
            # heads of 154 as the released 217M's, padded on CPU too
            released_shape=dict(hidden=308, layers=2, heads=2, intermediate=128),
            released_overrides=("model.size=null", "model.pad_heads=true",
@@ -85,9 +91,16 @@ CPU = Plan(sizes=("tiny",), stage1_recipe="pretrain/tiny-cpu.yaml", stage2_recip
 PACKED_ROW_DIVISOR = 4
 
 
+def maxtoki(*args) -> None:
+    """A maxtoki command in this process (data preparation touches no GPU)."""
+    from maxtoki.cli import main as cli_main
+
+    if cli_main(["--quiet", *map(str, args)]) != 0:
+        raise SystemExit(f"maxtoki {' '.join(map(str, args))} failed")
+
+
 def maxtoki_data(*args) -> None:
-    subprocess.run([sys.executable, "-m", "maxtoki.cli", "data", *map(str, args)], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL)
+    maxtoki("data", *args)
 
 
 def prepare_data(work: Path, plan: Plan, gpus: int) -> dict[str, Path]:
@@ -117,8 +130,7 @@ def prepare_released(work: Path, plan: Plan, gpus: int) -> dict[str, Path]:
 
     released = work / "released"
     write_release(released / "MaxToki-217M", released_config(**plan.released_shape))
-    subprocess.run([sys.executable, "-m", "maxtoki.cli", "--quiet", "import-hf", str(released / "MaxToki-217M"),
-                    "--out", str(released / "model")], check=True, cwd=ROOT)
+    maxtoki("import-hf", released / "MaxToki-217M", "--out", released / "model")
     maxtoki_data("released", "--out", released / "resources")
     maxtoki_data("tokenize", "--config", ROOT / "configs/data/hsmm_myoblast.yaml", "--vocab",
                  released / "model" / "vocab.json", "--medians", released / "resources" / "medians.json",
@@ -145,6 +157,27 @@ def launch(command: list[str], log: Path, timeout_s: int) -> tuple[int, float]:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             status = None
+    return status, time.perf_counter() - start
+
+
+def measure_in_process(argv: list[str], log: Path) -> tuple[int, float]:
+    """The CPU form: measure.py's main in this process (nothing to free between measurements, and each
+    launch would cost its imports again); exit status 1 with the traceback in ``log`` on failure."""
+    import contextlib
+    import importlib.util
+    import traceback
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark_measure", MEASURE)
+    measure = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure)
+    start = time.perf_counter()
+    with open(log, "w") as output, contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), \
+            contextlib.chdir(ROOT):  # recipes are named from the checkout's root, as a launch's cwd
+        try:
+            status = measure.main(argv)
+        except Exception:  # recorded as this measurement's failure; the others still run
+            traceback.print_exc()
+            status = 1
     return status, time.perf_counter() - start
 
 
@@ -209,10 +242,12 @@ def released_run(plan: Plan, data: dict[str, Path], gpus: int, peak_flops: float
 
 def measure_training(run: dict, plan: Plan, gpus: int, work: Path) -> dict:
     out, log = work / f"{run['name']}.json", work / f"{run['name']}.log"
-    script = [str(MEASURE), "train", "--out", str(out), "--warmup", str(plan.warmup), run["recipe"], *run["overrides"]]
-    launcher = [sys.executable, "-m", "composer.cli.launcher", "-n", str(gpus)] if plan.device == "cuda" else [
-        sys.executable]
-    status, seconds = launch([*launcher, *script], log, plan.timeout_s)
+    argv = ["train", "--out", str(out), "--warmup", str(plan.warmup), run["recipe"], *run["overrides"]]
+    if plan.device == "cuda":
+        launcher = [sys.executable, "-m", "composer.cli.launcher", "-n", str(gpus)]
+        status, seconds = launch([*launcher, str(MEASURE), *argv], log, plan.timeout_s)
+    else:
+        status, seconds = measure_in_process(argv, log)
     result = {key: value for key, value in run.items() if key != "overrides"}
     if status == 0 and out.exists():
         return {**result, **json.loads(out.read_text()), "wall_seconds": seconds}
@@ -221,10 +256,13 @@ def measure_training(run: dict, plan: Plan, gpus: int, work: Path) -> dict:
 
 def measure_generation(plan: Plan, data: dict[str, Path], work: Path) -> dict:
     out, log = work / "generation.json", work / "generation.log"
-    status, seconds = launch([sys.executable, str(MEASURE), "generate", "--out", str(out),
-                              "--vocab", str(data["paragraphs_vocab"]), "--size", plan.generation_size,
-                              "--tokens", str(plan.generation_tokens), "--device", plan.device,
-                              "--dtype", plan.dtype], log, plan.timeout_s)
+    argv = ["generate", "--out", str(out), "--vocab", str(data["paragraphs_vocab"]), "--size", plan.generation_size,
+            "--tokens", str(plan.generation_tokens), "--device", plan.device, "--dtype", plan.dtype,
+            "--batch", str(plan.generation_batch), "--screen-length", str(plan.screen_genes)]
+    if plan.device == "cuda":
+        status, seconds = launch([sys.executable, str(MEASURE), *argv], log, plan.timeout_s)
+    else:
+        status, seconds = measure_in_process(argv, log)
     if status == 0 and out.exists():
         return {**json.loads(out.read_text()), "wall_seconds": seconds}
     return {"size": plan.generation_size, "error": failure(status, log, plan.timeout_s), "wall_seconds": seconds}
@@ -272,7 +310,14 @@ def generation_rows(generation: dict) -> list[str]:
     rows = [f"{'generation ' + generation['size'] + ' ' + mode.replace('_', ' '):<26} "
             f"{generation[mode]['tokens_per_sec']:>10,.0f}  ({generation[mode]['generated']} tokens in "
             f"{generation[mode]['seconds']:.2f} s)" for mode in ("kv_cache", "naive")]
-    return rows + [f"KV-cache speed-up {generation['speedup']:.1f}x; outputs identical: {generation['identical']}"]
+    batched, screen = generation["batched"], generation["screen"]
+    return rows + [
+        f"KV-cache speed-up {generation['speedup']:.1f}x; outputs identical: {generation['identical']}",
+        f"{'generation batch ' + str(batched['prompts']):<26} {batched['batch_tokens_per_sec']:>10,.0f}  (one at a "
+        f"time {batched['one_at_a_time_tokens_per_sec']:,.0f} tokens/s: {batched['speedup']:.1f}x; first 4 "
+        f"identical: {batched['identical_first_4']})",
+        f"{'embedding screen':<26} {screen['batch_variants_per_sec']:>10,.0f}  variants/s of a {screen['cell_genes']}"
+        f"-gene cell (one at a time {screen['one_at_a_time_variants_per_sec']:,.0f}: {screen['speedup']:.1f}x)"]
 
 
 def main(argv: list[str]) -> int:

@@ -32,15 +32,16 @@ class AnalysisCells:
         return np.flatnonzero(keep)
 
 
-def load_cells(data: str, columns: list[str], *, time_column: str, vocab: Vocabulary | None = None,
+def load_cells(data: str, columns: list[str], *, time_column: str | None, vocab: Vocabulary | None = None,
                medians: str | None = None, model_input_size: int = 4096, gene_id_column: str | None = None,
                allow_non_integer: bool = False) -> AnalysisCells:
-    """Read and check the cells; ``columns`` must exist (in obs or in the shards)."""
+    """Read and check the cells; ``columns`` must exist (in obs or in the shards), and the time column unless
+    ``time_column`` is None (an analysis that reads no time; "time" is then NaN)."""
     columns = list(dict.fromkeys(c for c in columns if c))
     if str(data).endswith(".h5ad"):
         return _from_anndata(data, columns, time_column, vocab, medians, model_input_size, gene_id_column,
                              allow_non_integer)
-    return _from_shards(data, columns)
+    return _from_shards(data, columns, time_column is not None)
 
 
 def _from_anndata(path, columns, time_column, vocab, medians, model_input_size, gene_id_column, allow_non_integer):
@@ -54,7 +55,7 @@ def _from_anndata(path, columns, time_column, vocab, medians, model_input_size, 
     if not Path(path).exists():
         raise MaxtokiError(f"{path}: no such file")
     adata = ad.read_h5ad(path)
-    missing = [c for c in [time_column, *columns] if c not in adata.obs.columns]
+    missing = [c for c in [time_column, *columns] if c and c not in adata.obs.columns]
     if missing:
         raise MaxtokiError(f"{path}: obs has no column {missing[0]!r}; its columns are: "
                            f"{', '.join(map(str, adata.obs.columns))}")
@@ -63,25 +64,27 @@ def _from_anndata(path, columns, time_column, vocab, medians, model_input_size, 
                                  model_input_size=model_input_size, allow_non_integer=allow_non_integer)
     if not len(tokenized):
         raise MaxtokiError(f"{path}: no cell could be tokenized ({tokenized.dropped})")
+    if time_column is None:
+        tokenized.obs["time"] = np.nan
     obs = tokenized.obs[["time", *[c for c in columns if c != time_column]]].copy()
-    if time_column in columns:
+    if time_column and time_column in columns:
         obs[time_column] = obs["time"].astype(str)
     return AnalysisCells(tokenized.input_ids, obs, vocab, model_input_size)
 
 
-def _from_shards(location, columns):
+def _from_shards(location, columns, needs_time: bool = True):
     from maxtoki.data.paragraphs.cell_store import CellStore
 
     store = CellStore(location)
     if store.manifest.get("kind") != "maxtoki.cells":
         raise MaxtokiError(f"{location}: give cell shards (maxtoki data tokenize) or an .h5ad")
-    missing = [c for c in ["time", *columns] if c not in store.columns]
+    missing = [c for c in ["time" if needs_time else None, *columns] if c and c not in store.columns]
     if missing:
         hint = "tokenize with --time-column" if missing[0] == "time" else "keep it with --keep-obs when tokenizing"
         raise MaxtokiError(f"{location}: the shards have no column {missing[0]!r} ({hint}); their columns are: "
                            f"{', '.join(store.columns)}")
     samples = list(store)
-    obs = pd.DataFrame({"time": [float(s["time"]) for s in samples],
+    obs = pd.DataFrame({"time": [float(s.get("time", np.nan)) for s in samples],
                         **{c: [str(s[c]) for s in samples] for c in columns}},
                        index=pd.Index([str(s["cell_id"]) for s in samples], name="cell_id"))
     limit = int(store.manifest.get("arguments", {}).get("model_input_size", max(len(s["input_ids"]) for s in samples)))

@@ -21,12 +21,23 @@ class SharedContextPredictor:
 
     def __call__(self, context: np.ndarray, queries: list[np.ndarray]) -> np.ndarray:
         """Expected timelapse (time tokens) after ``context`` for each query cell (``<bos> ... <eos>``)."""
+        return self.read(self.cache(context), queries)
+
+    def cache(self, context: np.ndarray):
+        """The context's keys and values, to read any number of query batches after it."""
         import torch
-        from transformers import DynamicCache
 
         with torch.no_grad():
             prefix = torch.as_tensor(np.asarray(context, dtype=np.int64), device=self.device)[None]
-            cached = self.model(input_ids=prefix, use_cache=True).past_key_values.to_legacy_cache()
+            return prefix, self.model(input_ids=prefix, use_cache=True).past_key_values.to_legacy_cache()
+
+    def read(self, cached, queries: list[np.ndarray]) -> np.ndarray:
+        """Expected timelapse after a cached context for each query cell."""
+        import torch
+        from transformers import DynamicCache
+
+        prefix, cached = cached
+        with torch.no_grad():
             expected = []
             for start in range(0, len(queries), self.batch_size):
                 batch = [np.append(np.asarray(q, dtype=np.int64), self.vocab.eoq_id)

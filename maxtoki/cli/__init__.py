@@ -100,9 +100,12 @@ def _option_value(argv: list[str], option: str) -> str | None:
 
 
 def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
-    """The (sub)parser that the leading command words of ``argv`` select."""
+    """The (sub)parser that the leading command words of ``argv`` select (flags before them, such as
+    ``--quiet``, are passed over)."""
     current = parser
     for token in argv:
+        if token.startswith("-"):
+            continue
         subparsers = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
         if not subparsers or token not in subparsers[0].choices:
             break

@@ -29,19 +29,42 @@ def add_commands(commands) -> None:
                                    "(default: unknown, and the output says so)")
     acceleration.set_defaults(func=_run_age_acceleration, runs_model=True)
     perturbation = analyze_commands.add_parser(
-        "perturb", help="delete or overexpress genes in query cells; rank genes by the shift of predicted time")
-    _add_analysis_options(perturbation,
-                          "output directory (effects.csv, shifts.csv, contexts.csv, perturb.json, perturb.png)")
+        "perturb", help="delete, overexpress, inhibit or shift genes in query cells; rank genes by how far the "
+                        "predicted time or the cell embedding moves")
+    _add_analysis_options(perturbation, "output directory (effects.csv, shifts.csv, nulls.csv, perturb.json, "
+                                        "perturb.png; contexts.csv for --readout time)", donor_required=False)
     genes = perturbation.add_mutually_exclusive_group()
-    genes.add_argument("--genes", nargs="+", default=[], metavar="GENE", help="Ensembl IDs to perturb")
+    genes.add_argument("--genes", nargs="+", default=[], metavar="GENE",
+                       help="Ensembl IDs to perturb; GENE+GENE[+GENE] perturbs up to three together")
     genes.add_argument("--top-genes", type=int, default=100, metavar="N",
                        help="perturb the N genes expressed in most query cells (default 100)")
     perturbation.add_argument("--modes", nargs="+", default=["delete", "overexpress"],
-                              choices=["delete", "overexpress"])
+                              choices=["delete", "overexpress", "inhibit", "shift"],
+                              help="delete; overexpress (to the top); inhibit (to the bottom); shift by "
+                                   "--shift-ranks (default: delete overexpress)")
+    perturbation.add_argument("--shift-ranks", nargs="+", type=int, default=[5], metavar="K",
+                              help="ranks the shift mode moves a gene, positive towards the top (default 5)")
+    perturbation.add_argument("--readout", choices=["time", "embedding"], default="time",
+                              help="time: shift of the predicted time (stage-2 models); embedding: shift of the "
+                                   "cell embedding, any model, stage 1 included (default time)")
+    perturbation.add_argument("--start-state", metavar="COL=VALUE",
+                              help="embedding read-out: the query cells' state, e.g. age_group=old")
+    perturbation.add_argument("--goal-state", metavar="COL=VALUE",
+                              help="embedding read-out: the state to move them towards, e.g. age_group=young; "
+                                   "genes are then ranked by the goal-state shift")
+    perturbation.add_argument("--state-cells", type=int, default=1000, metavar="N",
+                              help="cells per state averaged into its centroid (default 1000)")
+    perturbation.add_argument("--layer", type=int, default=-1, metavar="L",
+                              help="embedding read-out: hidden layer (0: token embeddings; default -1, the last)")
+    perturbation.add_argument("--write-embeddings", action="store_true",
+                              help="embedding read-out: also write perturbed_embeddings.h5ad (obsm['X_maxtoki'])")
+    perturbation.add_argument("--null-genes", type=int, default=20, metavar="N",
+                              help="random genes perturbed per query cell and mode, matched on rank, for the "
+                                   "p-values and FDR (default 20; 0: none)")
     perturbation.add_argument("--query-cells", type=int, default=100, metavar="N", help="cells to perturb")
     perturbation.add_argument("--contexts-per-cell", type=int, default=1, metavar="N",
-                              help="read every cell after N contexts from distinct donors and average the shifts "
-                                   "(default 1)")
+                              help="time read-out: read every cell after N contexts from distinct donors and "
+                                   "average the shifts (default 1)")
     perturbation.add_argument("--query-where", nargs="+", default=[], metavar="COL=VALUE",
                               help="perturb only cells with these values (e.g. condition=control)")
     perturbation.add_argument("--context-where", nargs="+", default=[], metavar="COL=VALUE",
@@ -52,7 +75,7 @@ def add_commands(commands) -> None:
     perturbation.set_defaults(func=_run_perturb, runs_model=True)
 
 
-def _add_analysis_options(parser: argparse.ArgumentParser, out_help: str) -> None:
+def _add_analysis_options(parser: argparse.ArgumentParser, out_help: str, donor_required: bool = True) -> None:
     """Options both analyses share: the model, the cells and how contexts are drawn."""
     add_model_options(parser, "an .h5ad (with --medians) or cell shards (maxtoki data tokenize)", out_help, 64)
     parser.add_argument("--vocab", help="the model's vocabulary, to tokenize an .h5ad (default: the checkpoint "
@@ -65,8 +88,9 @@ def _add_analysis_options(parser: argparse.ArgumentParser, out_help: str) -> Non
                              "model's context shared by the context and query cells)")
     parser.add_argument("--time-column", default="age", metavar="COL",
                         help="obs column with each cell's time (.h5ad; shards use their 'time')")
-    parser.add_argument("--donor-column", required=True, metavar="COL",
-                        help="the trajectory a cell belongs to, e.g. donor (contexts come from one donor)")
+    parser.add_argument("--donor-column", required=donor_required, metavar="COL",
+                        help="the trajectory a cell belongs to, e.g. donor (contexts come from one donor)"
+                             + ("" if donor_required else "; needed for the time read-out"))
     parser.add_argument("--match-columns", nargs="+", default=[], metavar="COL",
                         help="context and query cells agree on these columns (e.g. cell_type)")
     parser.add_argument("--context-cells", type=int, default=2, metavar="N",
@@ -77,8 +101,9 @@ def _add_analysis_options(parser: argparse.ArgumentParser, out_help: str) -> Non
     add_untrained_time_option(parser)
 
 
-def _analysis_inputs(args, columns: list[str]):
-    """The model and the cells of an analysis command, checked against each other."""
+def _analysis_inputs(args, columns: list[str], reads_time: bool = True):
+    """The model and the cells of an analysis command, checked against each other; without ``reads_time``
+    (the embedding read-out) cells need no time and no donor, and are as long as the model's context."""
     from maxtoki.analysis.cells import load_cells
     from maxtoki.analysis.prompts import ContextOptions
     from maxtoki.inference.loading import load_model, model_vocabulary
@@ -86,12 +111,16 @@ def _analysis_inputs(args, columns: list[str]):
     h5ad = str(args.data).endswith(".h5ad")
     vocab = model_vocabulary(args.checkpoint, args.vocab) if h5ad else None
     model = load_model(args.checkpoint, vocab)[0] if vocab else None
-    cells = load_cells(args.data, [args.donor_column, *args.match_columns, *columns], time_column=args.time_column,
+    shares = args.context_cells + 1 if reads_time else 1  # cells a prompt holds
+    cells = load_cells(args.data, [args.donor_column, *args.match_columns, *columns],
+                       time_column=args.time_column if reads_time else None,
                        vocab=vocab, medians=args.medians, gene_id_column=args.gene_id_column,
                        allow_non_integer=args.allow_non_integer,
                        model_input_size=args.model_input_size or (
-                           model.config.max_position_embeddings // (args.context_cells + 1) if model else 4096))
+                           model.config.max_position_embeddings // shares if model else 4096))
     model = model or load_model(args.checkpoint, cells.vocab)[0]
+    if not (reads_time and args.donor_column):
+        return model, cells, None
     return model, cells, ContextOptions(args.donor_column, tuple(args.match_columns), args.context_cells,
                                         args.time_scale)
 
@@ -129,18 +158,28 @@ def _run_age_acceleration(args) -> None:
 
 def _run_perturb(args) -> None:
     from maxtoki.analysis.perturb import PerturbOptions, perturb
-    from maxtoki.inference.loading import untrained_time_warning
     from maxtoki.data.paragraphs.splits import parse_holdout_values
+    from maxtoki.inference.loading import untrained_time_warning
 
     query_where, context_where = parse_holdout_values(args.query_where), parse_holdout_values(args.context_where)
-    model, cells, context = _analysis_inputs(args, [c for c, _ in [*query_where, *context_where]])
-    options = PerturbOptions(tuple(args.genes), args.top_genes, tuple(args.modes), args.query_cells,
-                             tuple(query_where), tuple(context_where), args.next_cell, args.seed,
-                             contexts_per_cell=args.contexts_per_cell)
+    states = [parse_holdout_values([s])[0] if s else None for s in (args.start_state, args.goal_state)]
+    columns = [c for c, _ in [*query_where, *context_where, *[s for s in states if s]]]
+    reads_time = args.readout == "time" or args.next_cell is not None
+    model, cells, context = _analysis_inputs(args, columns, reads_time)
+    options = PerturbOptions(tuple(args.genes), args.top_genes, tuple(args.modes), tuple(args.shift_ranks),
+                             args.readout, args.query_cells, tuple(query_where), tuple(context_where), *states,
+                             args.state_cells, args.null_genes, args.layer, args.write_embeddings, args.next_cell,
+                             args.seed, contexts_per_cell=args.contexts_per_cell)
     effects = perturb(model, cells, args.out, context, options, args.batch_size, args.device,
                       args.allow_untrained_time)
-    _warn(untrained_time_warning(model, args.allow_untrained_time))
+    if reads_time:
+        _warn(untrained_time_warning(model, args.allow_untrained_time))
+    if effects["p_value"].isna().all():
+        _warn("no null perturbations (--null-genes 0, or the panel holds every gene of the query cells): no p-values")
     top = effects.iloc[0]
-    print(f"{effects['gene'].nunique()} genes x {len(options.modes)} perturbations; strongest: {top['mode']} "
-          f"{top['gene']} shifts the predicted time by {top['mean_shift']:+.2f} over {top['cells']} cells; "
-          f"effects.csv, shifts.csv and perturb.png in {args.out}")
+    significant = int((effects["fdr"] < 0.05).sum()) if "fdr" in effects else 0
+    unit = "the predicted time" if args.readout == "time" else \
+        ("the goal-state shift" if args.goal_state else "the cosine shift of the embedding")
+    print(f"{effects['gene'].nunique()} genes x {effects['mode'].nunique()} perturbations, {significant} at FDR "
+          f"< 0.05; strongest: {top['mode']} {top['gene']} moves {unit} by {top['mean_shift']:+.3g} over "
+          f"{top['cells']} cells; effects.csv, shifts.csv and perturb.png in {args.out}")

@@ -46,7 +46,8 @@ def add_commands(commands) -> None:
     add_untrained_time_option(generate)
     generate.set_defaults(func=_run_generate, runs_model=True)
 
-    embed = commands.add_parser("embed", help="one vector per cell -> obsm['X_maxtoki'] of an .h5ad")
+    embed = commands.add_parser("embed", help="one vector per cell -> obsm['X_maxtoki'] of an .h5ad, one per gene "
+                                              "-> varm['X_maxtoki']")
     add_model_options(embed, "cell shards, or an .h5ad (needs a HF directory and --medians)", "output .h5ad", 16)
     embed.add_argument("--medians", help="gene medians, to tokenize an .h5ad")
     embed.add_argument("--vocab", help="the model's vocabulary, to tokenize an .h5ad (default: the checkpoint "
@@ -54,6 +55,8 @@ def add_commands(commands) -> None:
     embed.add_argument("--gene-id-column", metavar="COL")
     embed.add_argument("--allow-non-integer", action="store_true")
     embed.add_argument("--min-expression", type=float, default=0.0, metavar="X")
+    embed.add_argument("--layer", type=int, default=-1, metavar="L",
+                       help="hidden layer for cells and genes (0: token embeddings; default -1, the last)")
     embed.set_defaults(func=_run_embed, runs_model=True)
 
 
@@ -107,5 +110,7 @@ def _run_embed(args) -> None:
 
     out = embed(args.checkpoint, args.data, args.out, medians=args.medians, vocab=args.vocab,
                 gene_id_column=args.gene_id_column, allow_non_integer=args.allow_non_integer,
-                min_expression=args.min_expression, batch_size=args.batch_size, device=args.device)
-    print(f"wrote {out} with obsm[{EMBEDDING_KEY!r}]; in scanpy: sc.pp.neighbors(adata, use_rep={EMBEDDING_KEY!r})")
+                min_expression=args.min_expression, batch_size=args.batch_size, device=args.device, layer=args.layer)
+    print(f"wrote {out} with cell embeddings in obsm[{EMBEDDING_KEY!r}] and gene embeddings in varm[{EMBEDDING_KEY!r}] "
+          f"(var['maxtoki_cells']: the cells each is averaged over); in scanpy: "
+          f"sc.pp.neighbors(adata, use_rep={EMBEDDING_KEY!r})")

@@ -7,8 +7,10 @@ Model, per cell of donor d at age t (cell type k, condition c):
     counts_g ~ NegativeBinomial(mean = library_size * rate_g / sum(rate), dispersion theta)
 
 with t' = t + age_acceleration for donors of the "disease" condition, so age acceleration has a
-known true value. Ages are integers in ``age_unit`` (months by default, like MaxToki). The genes
-with the largest age loadings are marked ``var["age_driver"]``.
+known true value. Ages are integers in ``age_unit`` (months by default, like MaxToki); ``age_group`` names
+the thirds of the age range young, middle and old (the states of a goal-state perturbation screen). The
+genes with the largest age loadings are marked ``var["age_driver"]``, and ``var["age_direction"]`` says
+whether each rises (+1) or falls (-1) from the youngest to the oldest age.
 """
 
 from __future__ import annotations
@@ -110,13 +112,18 @@ def simulate(out: str | Path, options: SimulationOptions = SimulationOptions()) 
                 bar.update(n)
     obs = pd.concat(obs_parts, ignore_index=True)
     obs.index = [f"cell{i:08d}" for i in range(len(obs))]
-    for column in ("donor", "cell_type", "condition", "sample"):
+    third = (options.max_age - options.min_age) / 3
+    obs["age_group"] = np.select([obs["age"] < options.min_age + third, obs["age"] > options.max_age - third],
+                                 ["young", "old"], "middle")
+    for column in ("donor", "cell_type", "condition", "sample", "age_group"):
         obs[column] = obs[column].astype("category")
     strength = np.abs(truth.loadings).sum(axis=0)
     drivers = np.zeros(options.genes, dtype=bool)
     drivers[np.argsort(-strength)[:options.drivers]] = True
+    change = (age_programs(np.array([float(options.max_age)]), truth)
+              - age_programs(np.array([float(options.min_age)]), truth)) @ truth.loadings
     var = pd.DataFrame({"gene_symbol": [f"SIM{g:05d}" for g in range(options.genes)],
-                        "age_effect": strength, "age_driver": drivers},
+                        "age_effect": strength, "age_driver": drivers, "age_direction": np.sign(change[0]).astype(int)},
                        index=[f"ENSSIMG{g:011d}" for g in range(options.genes)])
     uns = {"simulation": {k: v for k, v in asdict(options).items()}}
     writer.close(obs, var, uns)

@@ -4,7 +4,8 @@
 ``train_loader: {name: maxtoki_cells | maxtoki_paragraphs, ...}``, ``loggers: {wandb: ...}``, a
 WandBLogger that autoresume can run beside (see ``wandb_logger``), and
 ``callbacks: {prune_remote_checkpoints: {keep: 3}}`` (see ``remote_checkpoints``) and
-``callbacks: {training_progress: {label: stage 1}}`` (a progress bar and evaluation summaries, see ``progress``).
+``callbacks: {training_progress: {label: stage 1}}`` (a progress bar and evaluation summaries, see ``progress``);
+``link_checkpoints_promptly``, which ``train_from_recipe`` adds to runs that save to an object store.
 Importing this module is enough (``scripts/train.py`` does it).
 """
 
@@ -14,7 +15,7 @@ from maxtoki.data.loaders import build_cells_loader, build_paragraphs_loader
 from maxtoki.model.composer_model import MaxTokiPretrainModel, MaxTokiTemporalModel
 from maxtoki.model.progress import TrainingProgress
 from maxtoki.model.wandb_logger import ResumableWandBLogger
-from maxtoki.remote_checkpoints import PruneRemoteCheckpoints
+from maxtoki.remote_checkpoints import LinkCheckpointsPromptly, PruneRemoteCheckpoints
 
 for _name, _builder in (("maxtoki_pretrain", MaxTokiPretrainModel), ("maxtoki_temporal", MaxTokiTemporalModel)):
     if _name not in registry.models:
@@ -25,5 +26,7 @@ for _name, _builder in (("maxtoki_cells", build_cells_loader), ("maxtoki_paragra
 registry.loggers.register("wandb", func=ResumableWandBLogger)
 if "prune_remote_checkpoints" not in registry.callbacks:
     registry.callbacks.register("prune_remote_checkpoints", func=PruneRemoteCheckpoints)
+if "link_checkpoints_promptly" not in registry.callbacks:
+    registry.callbacks.register("link_checkpoints_promptly", func=LinkCheckpointsPromptly)
 if "training_progress" not in registry.callbacks:
     registry.callbacks.register("training_progress", func=TrainingProgress)
