@@ -60,15 +60,11 @@ class EmbeddingReader:
             return self._states(ids, mask)[0].float().cpu().numpy()
 
     def _padded(self, batch):
-        import torch
+        """Right padding (a causal model's real tokens never see it)."""
+        from maxtoki.data.loaders import PadCollator
 
-        longest = max(len(c) for c in batch)
-        ids = torch.full((len(batch), longest), self.vocab.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, cell in enumerate(batch):  # right padding: a causal model's real tokens never see it
-            ids[row, :len(cell)] = torch.from_numpy(cell)
-            mask[row, :len(cell)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        padded = PadCollator(self.vocab.pad_id)([{"input_ids": cell} for cell in batch])
+        return padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)
 
     def _states(self, ids, mask):
         from maxtoki.inference.embed import layer_states

@@ -86,13 +86,13 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
         reader = TimeReader(model, cells, context, options, batch_size, device)
         queries, contexts = reader.choose_queries(eligible, rng)
     else:
-        reader = EmbeddingReaderShifts(model, cells, options, batch_size, device, rng)
+        reader = EmbeddingShiftReader(model, cells, options, batch_size, device, rng)
         queries, contexts = [int(q) for q in rng.permutation(eligible)[:options.query_cells]], None
     items = choose_items(cells, np.array(queries), options)
     panel = np.array(sorted({g for item in items for g in item}), dtype=np.int64)
     absent_pool = np.setdiff1d(np.unique(np.concatenate([cells.input_ids[q][1:-1] for q in queries])), panel)
     sizes = sorted({len(item) for item in items})
-    shifts, nulls, embeddings = [], [], []
+    shifts, nulls = [], []
     with progress_bar(len(queries), "perturb", unit="cells") as bar:
         for position, query in enumerate(queries):
             cell = np.asarray(cells.input_ids[query])
@@ -107,7 +107,6 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
                     row.update(cell_id=cells.obs.index[query], mode=mode.label, gene=label(item, cells.vocab),
                                size=len(item), rank=rank_in(cell, item))
                     (nulls if is_null else shifts).append(row)
-                embeddings += reader.embeddings(state, chunk) if options.write_embeddings else []
             bar.update(1)
     if not shifts:
         raise MaxtokiError(f"no perturbation changed any of the {len(queries)} query cells: the genes are not "
@@ -132,7 +131,7 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
         context_table(cells, queries, contexts, reader.sampler).to_csv(out / "contexts.csv", index=False)
     effects.to_csv(out / "effects.csv", index=False)
     if options.write_embeddings:
-        reader.write_embeddings(embeddings, out / "perturbed_embeddings.h5ad")
+        reader.write_embeddings(out / "perturbed_embeddings.h5ad")
     summary = {"readout": options.readout, "shift": reader.describes, "query_cells": len(queries),
                "genes": len(items), "modes": [m.label for m in modes], "null_perturbations": len(null_table),
                **reader.summary(), "options": {**asdict(options), **(asdict(context) if context else {})},
@@ -270,8 +269,9 @@ class TimeReader:
         return {}
 
 
-class EmbeddingReaderShifts:
-    """The embedding read-out: cosine shift, and goal-state shift between the states' centroids."""
+class EmbeddingShiftReader:
+    """The embedding read-out: cosine shift, and goal-state shift between the states' centroids; with
+    ``write_embeddings`` it keeps every query cell's and panel variant's embedding."""
 
     alternative = "two-sided"
 
@@ -280,7 +280,7 @@ class EmbeddingReaderShifts:
 
         self.cells, self.options = cells, options
         self.reader = EmbeddingReader(model, cells.vocab, options.layer, batch_size, device)
-        self.centroids, self.state_counts = None, {}
+        self.centroids, self.state_counts, self.kept = None, {}, []
         if options.goal_state is not None:
             self.centroids = tuple(self._centroid(state, rng) for state in (options.start_state, options.goal_state))
             self.describes = (f"goal-state shift {'='.join(options.start_state)} -> {'='.join(options.goal_state)} "
@@ -298,6 +298,8 @@ class EmbeddingReaderShifts:
         return self.reader.pooled([self.cells.input_ids[m] for m in members]).mean(axis=0)
 
     def start(self, cell: np.ndarray, cell_id: str, _contexts) -> dict:
+        if self.options.write_embeddings:
+            self.kept.append((cell_id, None, None, self.reader.pooled([cell])[0]))
         return {"cell": cell, "cell_id": cell_id, "states": self.reader.token_states(cell)}
 
     def score(self, state: dict, chunk) -> list[dict]:
@@ -309,33 +311,26 @@ class EmbeddingReaderShifts:
                              for item in items])
         start, goal = self.centroids if self.centroids else (None, None)
         measured = shifts(original, perturbed, start, goal)
-        state["last"] = perturbed
+        if self.options.write_embeddings:
+            self.kept += [(state["cell_id"], mode, item, vector)
+                          for (mode, item, is_null, _), vector in zip(chunk, perturbed) if not is_null]
         primary = "goal_shift" if goal is not None else "cosine_shift"
         return [{"shift": float(measured[primary][i]), **{k: float(v[i]) for k, v in measured.items()}}
                 for i in range(len(chunk))]
 
-    def embeddings(self, state: dict, chunk) -> list[tuple]:
-        """(cell, mode, genes, embedding) of the unperturbed cell (once) and of each panel variant just scored."""
-        rows = []
-        if not state.get("written"):
-            whole = self.reader.pooled([state["cell"]])[0]
-            rows.append((state["cell_id"], None, None, whole))
-            state["written"] = True
-        return rows + [(state["cell_id"], mode, item, vector) for (mode, item, is_null, _), vector
-                       in zip(chunk, state["last"]) if not is_null]
-
-    def write_embeddings(self, rows: list[tuple], path: Path) -> None:
+    def write_embeddings(self, path: Path) -> None:
+        """The unperturbed cells (mode "none") and their panel variants, obsm["X_maxtoki"]."""
         import anndata as ad
 
         from maxtoki.inference.embed import EMBEDDING_KEY
 
         obs = pd.DataFrame({
-            "cell_id": [cell_id for cell_id, _, _, _ in rows],
-            "mode": ["none" if mode is None else mode.label for _, mode, _, _ in rows],
-            "gene": ["" if item is None else label(item, self.cells.vocab) for _, _, item, _ in rows]})
+            "cell_id": [cell_id for cell_id, _, _, _ in self.kept],
+            "mode": ["none" if mode is None else mode.label for _, mode, _, _ in self.kept],
+            "gene": ["" if item is None else label(item, self.cells.vocab) for _, _, item, _ in self.kept]})
         obs.index = [f"{c}:{m}:{g}" if g else c for c, m, g in zip(obs["cell_id"], obs["mode"], obs["gene"])]
         adata = ad.AnnData(obs=obs)
-        adata.obsm[EMBEDDING_KEY] = np.stack([vector for *_, vector in rows]).astype(np.float32)
+        adata.obsm[EMBEDDING_KEY] = np.stack([vector for *_, vector in self.kept]).astype(np.float32)
         adata.uns["maxtoki_embedding"] = {"layer": self.options.layer, "pooling": "mean of gene tokens; a "
                                           "variant's leave out the perturbed genes"}
         adata.write_h5ad(path)
@@ -399,9 +394,8 @@ def _plot(effects: pd.DataFrame, path: Path, describes: str, labelled: int = 8) 
     fig, axes = plt.subplots(1, len(modes), figsize=(4.5 * len(modes), 4.2), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         rows = effects[effects["mode"] == mode]
-        p = rows["p_value"].fillna(1.0) if "p_value" in rows else pd.Series(1.0, index=rows.index)
-        height = -np.log10(p.clip(lower=1e-300))
-        hit = (rows["fdr"] < 0.05) if "fdr" in rows else pd.Series(False, index=rows.index)
+        height = -np.log10(rows["p_value"].fillna(1.0).clip(lower=1e-300))
+        hit = rows["fdr"] < 0.05  # NaN (no null) is no hit
         ax.scatter(rows["mean_shift"], height, s=10, c=np.where(hit, "tab:red", "tab:grey"))
         for _, row in rows.head(labelled).iterrows():
             ax.annotate(row["gene"], (row["mean_shift"], height[row.name]), fontsize=6)
