@@ -105,7 +105,7 @@ def test_a_short_outage_is_ridden_out(server, cells, tmp_path):
 
 @pytest.mark.slow  # two runs and an outage: about 3.5 minutes
 def test_a_long_outage_stops_the_run_and_the_same_command_finishes_it(server, cells, tmp_path):
-    batches, every = 400, 50  # long enough to link a checkpoint (Composer polls every 30 s) before the outage
+    batches, every = 400, 50  # long enough to link a checkpoint before the outage
     # one attempt per upload stands for an outage longer than the retries (about two minutes by default)
     child = train(server, cells, tmp_path, "first.log", batches, every, AWS_MAX_ATTEMPTS="1")
     stop_once_on_s3(server, "run/latest-rank0.pt.symlink")
@@ -116,8 +116,8 @@ def test_a_long_outage_stops_the_run_and_the_same_command_finishes_it(server, ce
     server.start()
     resumed_from = latest(server)
     assert 0 < resumed_from < batches
-    # a checkpoint uploaded but never linked (linking waits for Composer's 30 s poll; a copy stands in for one
-    # when the outage came after the link): the rerun resumes from the linked one and replaces it on its way
+    # a checkpoint uploaded but never linked (linking waits until the run sees the upload; a copy stands in for
+    # one when the outage came after the link): the rerun resumes from the linked one and replaces it on its way
     unlinked = checkpoint_key(resumed_from + every)
     if unlinked not in server.keys():
         server.client().copy_object(Bucket=BUCKET, Key=unlinked, CopySource={
