@@ -78,10 +78,11 @@ def perturb(model, cells: AnalysisCells, out: str | Path, context: ContextOption
     rng = np.random.default_rng(options.seed)
     modes = modes_from(options.modes, options.shift_ranks)
     warning = _check(model, cells, context, options, allow_untrained_time)
-    eligible = cells.where(options.query_where + ((options.start_state,) if options.start_state else ()))
+    selection = options.query_where + ((options.start_state,) if options.start_state else ())
+    eligible = cells.where(selection)
     if not len(eligible):
-        where = [f"{c}={v}" for c, v in options.query_where + ((options.start_state,) if options.start_state else ())]
-        raise MaxtokiError(f"no cell matches {' and '.join(where)}: the query set is empty")
+        where = " and ".join(f"{column}={value}" for column, value in selection)
+        raise MaxtokiError(f"no cell matches {where}: the query set is empty")
     if options.readout == "time":
         reader = TimeReader(model, cells, context, options, batch_size, device)
         queries, contexts = reader.choose_queries(eligible, rng)
