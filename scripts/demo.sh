@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The demo: sets up the environment, then runs the whole pipeline on the bundled HSMM myoblast
-# time course (271 cells at 0, 24, 48 and 72 hours), on CPU, in about seven minutes (2 cores):
+# time course (271 cells at 0, 24, 48 and 72 hours), on CPU, in about six minutes (2 cores):
 #   gene medians -> vocabulary -> rank value encoding (1,022 genes per cell) -> cell paragraphs (a
-#   fifth of the cells of every time point held out, a tenth kept apart to calibrate on) -> stage 1
-#   (tiny) -> stage 2 (tiny) -> Hugging Face export -> predicted versus true time on the held-out
-#   cells, with baselines, a ceiling, calibrated intervals and a scatter plot.
+#   fifth of the cells of every time point held out, a tenth kept apart to calibrate on) -> stage 2
+#   (tiny; no stage 1 on a time course this small) -> Hugging Face export -> predicted versus true
+#   time on the held-out cells, with baselines, a ceiling, calibrated intervals and a scatter plot.
 # It is one command, `maxtoki pipeline`, which runs the same steps on any time course.
 # Usage: bash scripts/demo.sh [OUTPUT_DIR]   (default: demo-output; a rerun starts afresh)
 set -euo pipefail
@@ -25,7 +25,7 @@ What was written:
   $OUT/paragraphs/train|validation|holdout   stage-2 examples; each split uses only its own cells
   $OUT/eval/holdout               TimeBetweenCells prompts made of held-out cells only (scored)
   $OUT/eval/validation            prompts of another tenth of the cells (the intervals are calibrated on them)
-  $OUT/runs/pretrain|temporal     Composer checkpoints (latest-rank0.pt)
+  $OUT/runs/temporal              Composer checkpoint (latest-rank0.pt; runs/pretrain with --pretrain-batches N)
   $OUT/predictions/               predictions.csv, metrics.json and predicted_vs_true.png
   $OUT/hf-model/                  LlamaForCausalLM.from_pretrained("$OUT/hf-model") loads it
 
@@ -38,6 +38,7 @@ cells (of its kind, with --baseline-columns). The linear regressor (the paper's 
 Δ off the two cells' rank-encoded expression, fitted on the training paragraphs. The ceiling is a
 per-cell time classifier on the same encoded cells, fitted on the training cells and read from both
 cells of a prompt: how much time the cells carry for a linear read-out, and how close the model
-comes to it. Stage 1 sees the expression of every cell but no times. Each prediction's 80% interval
+comes to it. The model's gene embeddings start from the cells' principal axes (expression of every
+cell, no times); stage 2 sees only the training cells' times. Each prediction's 80% interval
 is calibrated on the validation cells, so that it holds the true time about 80% of the time.
 MSG

@@ -42,7 +42,7 @@ def test_training_sizes_follow_the_time_course_unless_given():
     cpu, sizing = sized(PipelineOptions("hours"), SMALL_COURSE)
     assert sizing.name == "CPU-sized"
     assert (cpu.cell_length, cpu.pretrain_cell_length, cpu.pretrain_batches, cpu.temporal_batches, cpu.examples) == \
-        (1024, 256, 100, 350, 4000)
+        (1024, 256, 0, 350, 4000)
     gpu, sizing = sized(PipelineOptions("hours"), SMALL_COURSE + 1)
     assert sizing.name == "GPU-sized"
     assert (gpu.cell_length, gpu.pretrain_cell_length, gpu.pretrain_batches, gpu.temporal_batches, gpu.examples) == \

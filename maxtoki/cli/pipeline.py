@@ -51,7 +51,7 @@ def add_commands(commands) -> None:
     pipeline.add_argument("--task-ratio", type=float, default=0.875, metavar="F",
                           help="TimeBetweenCells share of the stage-2 examples, the rest NextCell (default 0.875)")
     pipeline.add_argument("--pretrain-batches", type=int, metavar="N",
-                          help="stage-1 batches (default: 100 for up to 2,000 cells, 2,000 beyond; 0: no stage 1, stage 2 "
+                          help="stage-1 batches (default: 0 for up to 2,000 cells, 2,000 beyond; 0: no stage 1, stage 2 "
                                "starts from gene embeddings from the cells)")
     pipeline.add_argument("--temporal-batches", type=int, metavar="N",
                           help="stage-2 batches (default: 350 for up to 2,000 cells, 4,000 beyond)")
