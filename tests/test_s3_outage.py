@@ -56,9 +56,12 @@ def train(server, cells, tmp_path, log_name, batches, every, **env):
     return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_for(condition, timeout, what):
+def wait_for(condition, timeout, what, child=None, log: Path | None = None):
+    """Wait for ``condition``; a training ``child`` that exits first fails at once, with the end of its ``log``."""
     deadline = time.time() + timeout
     while not condition():
+        if child is not None and child.poll() is not None:
+            raise AssertionError(f"training exited ({child.returncode}) before {what}:\n{log.read_text()[-3000:]}")
         if time.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
@@ -95,7 +98,7 @@ def test_a_short_outage_is_ridden_out(server, cells, tmp_path):
     stop_once_on_s3(server, checkpoint_key(every))
     during = (max(logged_batches(log), default=0) // every + 1) * every  # not saved yet: its batch is not logged
     assert during < batches, "training outran the first upload; give it more batches"
-    wait_for(lambda: max(logged_batches(log), default=0) > during, 300, f"the checkpoint of batch {during}")
+    wait_for(lambda: max(logged_batches(log), default=0) > during, 300, f"the checkpoint of batch {during}", child, log)
     server.start()
     assert child.wait(timeout=600) == 0, log.read_text()[-3000:]
     assert latest(server) == batches
