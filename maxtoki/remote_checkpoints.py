@@ -59,14 +59,20 @@ def prune_remote_checkpoints(save_folder: str, keep: int) -> list[str]:
 
 
 LINK_POLL_SECONDS = 1.0
+WORKER_PRELOAD = ["composer.utils.remote_uploader", "maxtoki.remote_checkpoints"]
 
 
 class LinkCheckpointsPromptly(Callback):
-    """Composer links a checkpoint on an object store (``latest-rank0.pt.symlink``) once a worker has seen all
-    of its files there, looking again every 30 s (a fixed, private setting of Composer 0.32's CheckpointSaver):
+    """Checkpoints of a run with a remote save folder reach the store and get linked without idling.
+
+    Composer links a checkpoint on an object store (``latest-rank0.pt.symlink``) once a worker has seen all of
+    its files there, looking again every 30 s (a fixed, private setting of Composer 0.32's CheckpointSaver):
     every ``s3://`` run idled up to 30 s after its last upload, and a run stopped in that window left its newest
-    checkpoint unlinked. ``train_from_recipe`` adds this callback to runs with a remote save folder; it makes
-    the worker look every ``LINK_POLL_SECONDS`` (one listing of the run's files per look)."""
+    checkpoint unlinked. This callback makes the worker look every ``LINK_POLL_SECONDS``. Composer also spawns
+    its upload and link workers afresh, and each imports Composer again (9 s of CPU each on a small machine,
+    four per run, competing with training); here they fork from one server process that imported it once
+    (with the run's environment, so endpoints and credentials set after that server started still apply).
+    ``train_from_recipe`` adds this callback to runs with a remote save folder."""
 
     def fit_start(self, state: State, logger: Logger) -> None:
         del logger
@@ -75,6 +81,34 @@ class LinkCheckpointsPromptly(Callback):
         for saver in (c for c in state.callbacks if isinstance(c, CheckpointSaver)):
             if hasattr(saver, "_symlink_upload_wait_before_next_try_in_seconds"):
                 saver._symlink_upload_wait_before_next_try_in_seconds = LINK_POLL_SECONDS
+            uploader = saver.remote_uploader
+            for name in ("upload_executor", "check_remote_files_exist_executor"):
+                if uploader is not None and hasattr(uploader, name):
+                    setattr(uploader, name, forked_workers(getattr(uploader, name)))
+
+
+def forked_workers(executor):
+    """A process pool like ``executor`` (not started yet) whose workers fork from a server that has imported
+    Composer; ``executor`` itself where forking servers do not exist (Windows) or it has started workers."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    if getattr(executor, "_processes", None) or "forkserver" not in multiprocessing.get_all_start_methods():
+        return executor
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    executor.shutdown(wait=False)
+    return ProcessPoolExecutor(max_workers=executor._max_workers, mp_context=context,
+                               initializer=adopt_environment, initargs=(dict(os.environ),))
+
+
+def adopt_environment(environment: dict[str, str]) -> None:
+    """A worker's environment becomes the run's (the forking server keeps the one it started with)."""
+    import os
+
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 class PruneRemoteCheckpoints(Callback):

@@ -100,6 +100,8 @@ def test_both_stages_stream_from_s3_checkpoint_to_s3_and_resume(pretrained, resu
     # the link is looked for every second, not Composer's 30 s: a run ends soon after its last upload
     saver = next(c for c in first.state.callbacks if isinstance(c, CheckpointSaver))
     assert saver._symlink_upload_wait_before_next_try_in_seconds == LINK_POLL_SECONDS
+    # and its upload workers fork from a server that imported Composer once (Composer spawns each afresh)
+    assert saver.remote_uploader.upload_executor._mp_context.get_start_method() == "forkserver"
     assert written == ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt", "latest-rank0.pt.symlink"]
     # resumed from the checkpoint on S3, not from scratch; Composer never deletes checkpoints, the callback does
     again, kept = resumed
@@ -108,6 +110,20 @@ def test_both_stages_stream_from_s3_checkpoint_to_s3_and_resume(pretrained, resu
     assert kept == ["ep0-ba4-rank0.pt", "ep0-ba6-rank0.pt", "latest-rank0.pt.symlink"]
     assert int(temporal.state.timestamp.batch) == 2
     assert "latest-rank0.pt.symlink" in names(f"{BUCKET}/runs/temporal")
+
+
+def test_upload_workers_forked_from_one_server_see_the_environment_of_their_run(monkeypatch):
+    """The forking server keeps the environment it started with; each pool's workers take their run's."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from maxtoki.remote_checkpoints import forked_workers
+
+    for endpoint in ("http://127.0.0.1:1", "http://127.0.0.1:2"):
+        monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)
+        pool = forked_workers(ProcessPoolExecutor(max_workers=1))
+        assert pool.submit(os.getenv, "S3_ENDPOINT_URL").result(timeout=120) == endpoint
+        pool.shutdown()
 
 
 def test_inference_reads_checkpoints_and_data_from_s3(s3_data, temporal, tmp_path):
