@@ -13,6 +13,7 @@ import torch
 from conftest import tokenize_hsmm
 
 from maxtoki.cli import main as cli_main
+from maxtoki.training import train_from_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSER = str(Path(sys.executable).parent / "composer")
@@ -22,14 +23,14 @@ def cli(*argv):
     assert cli_main([str(a) for a in argv]) == 0
 
 
-def launch(*argv, processes=2):
-    """Run a script, in ``processes`` ranks through Composer's launcher. The launcher picks a free port for the
+def launch(*argv):
+    """Run a script in two ranks through Composer's launcher. The launcher picks a free port for the
     ranks to meet on and rank 0 binds it later; another process may take it meanwhile (EADDRINUSE), and then
     the launch is tried again."""
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    prefix = [COMPOSER, "-n", str(processes)] if processes > 1 else [sys.executable]
     for _ in range(3):
-        result = subprocess.run([*prefix, *map(str, argv)], capture_output=True, text=True, env=env, cwd=ROOT)
+        result = subprocess.run([COMPOSER, "-n", "2", *map(str, argv)], capture_output=True, text=True, env=env,
+                                cwd=ROOT)
         if result.returncode == 0 or "EADDRINUSE" not in result.stdout + result.stderr:
             break
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -71,8 +72,9 @@ def test_both_stages_with_two_processes_and_resume_with_one(data, tmp_path):
     assert not (tmp_path / "p" / "ep0-ba4-rank1.pt").exists()  # DDP: one full checkpoint, written by rank 0
     written = timestamp(tmp_path / "p" / "ep0-ba4-rank0.pt")
     assert (int(written["batch"]), int(written["sample"])) == (4, 32)  # 4 global batches of 8
-    # the same run, resumed by one process, continues the count where two processes left it
-    launch(*training(root, vocab, "pretrain/tiny-cpu.yaml", tmp_path / "p", 6, *stage1), processes=1)
+    # the same run, resumed by one process (this one), continues the count where two processes left it
+    _, recipe, *overrides = training(root, vocab, "pretrain/tiny-cpu.yaml", tmp_path / "p", 6, *stage1)
+    train_from_recipe(str(recipe), [str(o) for o in overrides])
     resumed = timestamp(tmp_path / "p" / "ep0-ba6-rank0.pt")
     assert (int(resumed["batch"]), int(resumed["sample"])) == (6, 48)
     # stage 2 with two processes from the stage-1 checkpoint

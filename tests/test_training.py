@@ -287,9 +287,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, hsmm_path, hsmm_refere
                 "save_num_checkpoints_to_keep=-1"]
 
     env = {**os.environ, "WANDB_MODE": "offline"}
-    # one after the other: two streaming datasets opened at once by separate processes may pick the same
-    # shared-memory prefix (FileExistsError in streaming's get_shm_prefix)
-    subprocess.run(command("whole"), check=True, env=env, capture_output=True)
+    _, _, recipe, *overrides = command("whole")
+    train_from_recipe(recipe, overrides)  # the uninterrupted run in this process, which imported Composer already
     process = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "killed" / "ep0-ba8-rank0.pt"  # 33 batches per epoch
     deadline = time.time() + 300
