@@ -180,6 +180,33 @@ def test_the_embedding_screen_is_each_variant_alone_through_the_model(world):
     assert (out / "perturb.png").exists() and not (out / "contexts.csv").exists()
 
 
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_variants_run_from_where_they_differ_equal_each_variant_alone(world, layer):
+    """The screen computes a variant only from its first changed position on (the cell's cached keys and
+    values before it): every mode, combinations and an added gene, in batches mixing where they diverge, give
+    each variant's embedding alone through the model, at the last layer and an inner one."""
+    from transformers import LlamaForCausalLM
+
+    from maxtoki.analysis.embedding_shift import EmbeddingReader
+
+    vocab = Vocabulary.load(world / "v.json")
+    model = LlamaForCausalLM.from_pretrained(world / "stage1").eval()
+    genes = np.asarray(vocab.gene_ids[:40])
+    cell = np.array([vocab.bos_id, *genes, vocab.eos_id])
+    items = [(int(genes[i]),) for i in (0, 7, 20, 39)] + [(int(genes[3]), int(genes[30])), (int(vocab.gene_ids[50]),)]
+    variants, left_out = [], []
+    for mode in (Mode("delete"), Mode("inhibit"), Mode("overexpress"), Mode("shift", 3), Mode("shift", -5)):
+        for item in items:
+            if (variant := apply(cell, np.array(item), mode, 48)) is not None:
+                variants.append(variant)
+                left_out.append(item)
+    assert len(variants) == 22  # the absent gene only overexpressed, the top one not raised, the bottom one not lowered
+    reader = EmbeddingReader(model, vocab, layer=layer, batch_size=7)
+    shared = reader.pooled_variants(reader.prefix(cell), variants, left_out)
+    alone = np.stack([_pooled(model, variant, list(genes), layer) for variant, genes in zip(variants, left_out)])
+    np.testing.assert_allclose(shared, alone, atol=2e-5)
+
+
 def test_the_time_read_out_keeps_its_shifts_and_gains_p_values(world):
     out = world / "time-screen"
     cli("analyze", "perturb", "--checkpoint", world / "stage2", "--data", world / "cells", "--donor-column",

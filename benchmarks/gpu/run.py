@@ -9,8 +9,9 @@ tokenizes PBMC 3k (2,700 cells, 4,096-token cells) for stage 1 and builds HSMM t
 (`maxtoki import-hf`) for a stage-2 run from released weights (heads of 154 padded to 160, so fused
 attention runs them), on paragraphs encoded with the released vocabulary and medians. A randomly
 initialised `217m` in bf16 generates a 1,000-token cell with and without the KV cache, then 64 prompts in one
-batch against one at a time, and reads the embedding screen's variants (every gene of a 2,046-gene cell
-deleted) in batches of 64 against one at a time. Then `217m` and `1b` train from configs/pretrain and configs/temporal (FSDP,
+batch against one at a time, and reads the embedding screen's variants (256 genes spread over a 2,046-gene
+cell deleted) as a screen does (shared prefixes, packed) against one whole variant at a time. Then `217m`
+and `1b` train from configs/pretrain and configs/temporal (FSDP,
 amp_bf16, device_train_microbatch_size auto, random weights) for 20 steps each: stage 1 with
 `train_loader.dataset.packing_ratio` null (padded batches) and auto (packed rows), and stage 2. Each
 training run is its own `composer -n GPUS` launch, so that it starts fresh and frees its GPU memory.

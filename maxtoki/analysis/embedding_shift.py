@@ -15,7 +15,27 @@ gene's own vector (which even an untrained model would show).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass
+class CellPrefix:
+    """A cell's tokens, its states at the reader's layer (tokens x hidden) and every layer's keys and values."""
+
+    cell: np.ndarray
+    states: object  # torch.Tensor
+    layers: tuple
+
+
+def first_difference(cell: np.ndarray, variant: np.ndarray) -> int:
+    """The first position at which ``variant`` differs from ``cell`` (at least 1: a variant shares <bos> at
+    most; at most one less than its length, so that it always computes a position)."""
+    length = min(len(cell), len(variant))
+    unequal = np.flatnonzero(np.asarray(cell[:length]) != np.asarray(variant[:length]))
+    first = int(unequal[0]) if len(unequal) else length
+    return max(1, min(first, len(variant) - 1))
 
 
 class EmbeddingReader:
@@ -51,13 +71,109 @@ class EmbeddingReader:
                 out.append((sums / weights.sum(1, keepdim=True).clamp(min=1)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
 
-    def token_states(self, cell: np.ndarray) -> np.ndarray:
-        """The chosen layer's state at every token of one cell (tokens x hidden)."""
+    def prefix(self, cell: np.ndarray) -> CellPrefix:
+        """One cell's states at the chosen layer and its keys and values at every layer: what its variants share."""
         import torch
 
         with torch.no_grad():
-            ids, mask = self._padded([np.asarray(cell, dtype=np.int64)])
-            return self._states(ids, mask)[0].float().cpu().numpy()
+            ids = torch.as_tensor(np.asarray(cell, dtype=np.int64), device=self.device)[None]
+            output = self.model.model(input_ids=ids, use_cache=True, output_hidden_states=True)
+            layers = output.past_key_values.to_legacy_cache()
+            return CellPrefix(np.array(cell, dtype=np.int64), output.hidden_states[self.layer][0], layers)
+
+    def pooled_variants(self, prefix: CellPrefix, variants: list[np.ndarray],
+                        left_out: list[tuple[int, ...]]) -> np.ndarray:
+        """``pooled(variants, left_out)`` of variants of one cell, computing only what differs from the cell: a
+        causal model's states before a variant's first changed position are the cell's, so each variant runs
+        from there on, attending to the cell's cached keys and values (a deletion at rank r computes L - r
+        positions, not L). The variants' remainders are packed, several to a row of the cell's length (no
+        padding to speak of), ``batch_size`` rows per forward pass."""
+        import torch
+
+        from maxtoki.data.packing import first_fit_decreasing
+
+        diverge = [first_difference(prefix.cell, v) for v in variants]
+        suffixes = [np.asarray(v[d:], dtype=np.int64) for v, d in zip(variants, diverge)]
+        lengths = [len(t) for t in suffixes]
+        rows = first_fit_decreasing(lengths, range(len(variants)), max(len(prefix.cell), *lengths, 1))
+        # sums in float32 whatever the model's dtype: a cell's mean is of hundreds to thousands of states
+        sums = torch.zeros((len(variants), prefix.states.shape[1]), dtype=torch.float32, device=self.device)
+        counts = torch.zeros(len(variants), dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            for start in range(0, len(rows), self.batch_size):
+                self._add_packed(prefix, rows[start:start + self.batch_size], suffixes, diverge, left_out, sums,
+                                 counts)
+            self._add_shared(prefix, diverge, left_out, sums, counts)
+        return (sums / counts.clamp(min=1)[:, None]).cpu().numpy()
+
+    def _add_packed(self, prefix: CellPrefix, rows: list[list[int]], suffixes, diverge, left_out, sums, counts):
+        """Run packed rows of variant remainders; add each remainder's kept gene-token states to its variant."""
+        import torch
+        from transformers import DynamicCache
+
+        width = max(sum(len(suffixes[i]) for i in row) for row in rows)
+        shared = max(diverge[i] for row in rows for i in row)
+        ids = torch.full((len(rows), width), self.vocab.pad_id, dtype=torch.long)
+        owner = torch.full((len(rows), width), -1, dtype=torch.long)  # the variant of each token; -1: padding
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                n = len(suffixes[i])
+                ids[r, at:at + n], owner[r, at:at + n] = torch.as_tensor(suffixes[i]), i
+                positions[r, at:at + n] = torch.arange(diverge[i], diverge[i] + n)
+                at += n
+        ids, owner, positions = ids.to(self.device), owner.to(self.device), positions.to(self.device)
+        starts = torch.as_tensor(diverge, device=self.device)[owner.clamp(min=0)]  # its variant's first position
+        # a token sees the cell before its variant's first changed position, and its own remainder causally
+        sees_cell = torch.arange(shared, device=self.device)[None, None] < starts[:, :, None]
+        causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril()[None]
+        sees_own = causal & (owner[:, :, None] == owner[:, None, :]) & (owner[:, None, :] >= 0)
+        allowed = torch.cat([sees_cell, sees_own], dim=2)
+        dtype = prefix.states.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed,
+                                                                                       torch.finfo(dtype).min)
+        cache = DynamicCache.from_legacy_cache(tuple(
+            (k[:, :, :shared].expand(len(rows), -1, -1, -1), v[:, :, :shared].expand(len(rows), -1, -1, -1))
+            for k, v in prefix.layers))
+        states = self.model.model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions,
+                                  past_key_values=cache, output_hidden_states=True,
+                                  cache_position=torch.arange(shared, shared + width, device=self.device),
+                                  ).hidden_states[self.layer]
+        excluded = self._excluded(left_out)[owner.clamp(min=0)]  # each token's variant's perturbed genes
+        keep = (owner >= 0) & self.is_gene[ids] & ~(ids[:, :, None] == excluded).any(-1)
+        sums.index_add_(0, owner[keep], states[keep].float())
+        counts.index_add_(0, owner[keep], torch.ones(int(keep.sum()), device=self.device))
+
+    def _add_shared(self, prefix: CellPrefix, diverge, left_out, sums, counts):
+        """Add to each variant the cell's kept gene-token states before its first changed position."""
+        import torch
+
+        cell = torch.as_tensor(prefix.cell, device=self.device)
+        gene, states = self.is_gene[cell].float(), prefix.states.float()
+        total = torch.cat([torch.zeros_like(states[:1]), (states * gene[:, None]).cumsum(0)])
+        number = torch.cat([gene.new_zeros(1), gene.cumsum(0)])
+        before = torch.as_tensor(diverge, device=self.device)
+        sums += total[before]
+        counts += number[before]
+        # a perturbed gene before that position (none of the modes moves one there, but a cell is a cell)
+        position = {int(g): p for p, g in enumerate(prefix.cell)}
+        for i, genes in enumerate(left_out):
+            for g in genes:
+                p = position.get(int(g))
+                if p is not None and p < diverge[i] and bool(gene[p]):
+                    sums[i] -= states[p]
+                    counts[i] -= 1
+
+    def _excluded(self, left_out) -> object:
+        """Perturbed genes of every variant as rows of a tensor (-1 where a variant has fewer)."""
+        import torch
+
+        widest = max((len(g) for g in left_out), default=0) or 1
+        table = torch.full((len(left_out), widest), -1, dtype=torch.long)
+        for i, genes in enumerate(left_out):
+            table[i, :len(genes)] = torch.as_tensor(genes, dtype=torch.long)
+        return table.to(self.device)
 
     def _padded(self, batch):
         """Right padding (a causal model's real tokens never see it)."""

@@ -299,15 +299,19 @@ class EmbeddingShiftReader:
         return self.reader.pooled([self.cells.input_ids[m] for m in members]).mean(axis=0)
 
     def start(self, cell: np.ndarray, cell_id: str, _contexts) -> dict:
+        from maxtoki.analysis.embedding_shift import pooled_without
+
+        prefix = self.reader.prefix(cell)
+        states = prefix.states.float().cpu().numpy()
         if self.options.write_embeddings:
-            self.kept.append((cell_id, None, None, self.reader.pooled([cell])[0]))
-        return {"cell": cell, "cell_id": cell_id, "states": self.reader.token_states(cell)}
+            self.kept.append((cell_id, None, None, pooled_without(cell, states, self.cells.vocab.is_gene, ())))
+        return {"cell": cell, "cell_id": cell_id, "prefix": prefix, "states": states}
 
     def score(self, state: dict, chunk) -> list[dict]:
         from maxtoki.analysis.embedding_shift import pooled_without, shifts
 
         items = [item for _, item, _, _ in chunk]
-        perturbed = self.reader.pooled([variant for _, _, _, variant in chunk], items)
+        perturbed = self.reader.pooled_variants(state["prefix"], [variant for _, _, _, variant in chunk], items)
         original = np.stack([pooled_without(state["cell"], state["states"], self.cells.vocab.is_gene, item)
                              for item in items])
         start, goal = self.centroids if self.centroids else (None, None)
