@@ -8,10 +8,10 @@ from nbclient import NotebookClient
 
 # The quickstart trains the demo's model (about five minutes here) and must beat a baseline; the default run
 # trains a far smaller one (64-token cells, 100 stage-2 batches and, as shipped, no stage 1) to run every cell,
-# and leaves the check that the pipeline learns to tests/test_pipeline.py. The analysis tutorial takes about three minutes; the
-# default run uses the recipe of the fast age-acceleration test (tests/helpers/planted_shift.py: 60 donors,
-# 32-token cells, a 2 x 64 model) and checks that both planted effects are still found. `-m slow` runs the
-# notebooks exactly as shipped.
+# and leaves the check that the pipeline learns to tests/test_pipeline.py. The analysis tutorial takes about
+# three minutes; the default run uses the recipe of the fast age-acceleration test
+# (tests/helpers/planted_shift.py: 60 donors, 32-token cells, a 2 x 64 model) and checks that both planted
+# effects are still found. `-m slow` runs the notebooks exactly as shipped.
 QUICKSTART_OPTIONS = 'PipelineOptions(time_column="hours", allow_non_integer=True, min_expression=0.1'
 ANALYSIS_SIZE = ("SIZE = dict(donors=48, disease_donors=12, ages=6, cells_per_sample=20, genes=400, cell_tokens=64, "
                  "width=128, layers=4,\n            batches=600, lr=0.001, pairs=300, query_cells=100)")

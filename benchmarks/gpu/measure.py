@@ -205,7 +205,8 @@ def measure_screen(model, vocab, length: int, device: str, panel: int = 256) -> 
     alone_reader = EmbeddingReader(model, vocab, batch_size=1, device=device)
     batched_reader.pooled(variants[:64], left_out[:64])  # warm-up
     batched, batched_s = timed(lambda: batched_reader.pooled_variants(batched_reader.prefix(cell), variants, left_out))
-    alone, alone_s = timed(lambda: alone_reader.pooled([variants[i] for i in alone_at], [left_out[i] for i in alone_at]))
+    alone_variants, alone_left_out = [variants[i] for i in alone_at], [left_out[i] for i in alone_at]
+    alone, alone_s = timed(lambda: alone_reader.pooled(alone_variants, alone_left_out))
     return {"cell_genes": length, "variants": len(variants), "batch_size": 64,
             "batch_variants_per_sec": len(variants) / batched_s, "one_at_a_time_variants_per_sec": 16 / alone_s,
             "speedup": (len(variants) / batched_s) / (16 / alone_s),
