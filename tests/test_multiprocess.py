@@ -4,6 +4,7 @@ the right sample count."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,13 @@ def timestamp(checkpoint: Path) -> dict:
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["timestamp"]["Timestamp"]
 
 
+def training(vocab, recipe, save_folder, batches, *extra):
+    """A recipe and its keys for a short run that checkpoints every 2 batches."""
+    return [ROOT / "configs" / recipe, f"variables.vocab={vocab}", f"save_folder={save_folder}", f"max_duration={batches}ba", f"eval_interval={batches}ba",
+            "save_interval=2ba", "global_train_batch_size=8", "device_train_microbatch_size=4",
+            "device_eval_batch_size=4", "eval_subset_num_batches=1", "console_log_interval=100ba", *extra]
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, hsmm_path, hsmm_reference):
     vocab, medians = hsmm_reference
@@ -50,36 +58,39 @@ def data(tmp_path_factory, hsmm_path, hsmm_reference):
     return root, str(vocab)
 
 
-def test_ranks_read_different_samples(data, tmp_path):
+@pytest.fixture(scope="module")
+def launched(data, tmp_path_factory):
+    """One launch of two ranks: their first loader batches, then stage 1 for 4 batches and stage 2 from its
+    checkpoint; returns the directory of their outputs."""
     root, vocab = data
-    launch(ROOT / "tests/helpers/rank_batches.py", root / "cells", vocab, tmp_path, 3)
-    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    out = tmp_path_factory.mktemp("launched")
+    stage1 = training(vocab, "pretrain/tiny-cpu.yaml", out / "p", 4, f"variables.data={root / 'cells'}",
+                      "max_seq_len=64")
+    stage2 = training(vocab, "temporal/tiny-cpu.yaml", out / "t", 2, f"variables.data={root / 'paragraphs'}",
+                      f"variables.pretrained={out / 'p' / 'ep0-ba4-rank0.pt'}", "max_seq_len=256",
+                      "model.rope_scaling.original_max_position_embeddings=64")
+    launch(ROOT / "tests/helpers/two_ranks.py", root / "cells", vocab, out, 3, "--train", *stage1, "--train", *stage2)
+    return out
+
+
+def test_ranks_read_different_samples(launched):
+    first, second = (json.loads((launched / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(first) == len(second) == 12  # 3 batches of 4 per rank: a global batch of 8
     assert not set(first) & set(second)
 
 
-def training(root, vocab, recipe, save_folder, batches, *extra):
-    return [ROOT / "scripts/train.py", ROOT / "configs" / recipe, f"variables.vocab={vocab}",
-            f"save_folder={save_folder}", f"max_duration={batches}ba", f"eval_interval={batches}ba",
-            "save_interval=2ba", "global_train_batch_size=8", "device_train_microbatch_size=4",
-            "device_eval_batch_size=4", "eval_subset_num_batches=1", "console_log_interval=100ba", *extra]
-
-
-def test_both_stages_with_two_processes_and_resume_with_one(data, tmp_path):
+def test_both_stages_with_two_processes_and_resume_with_one(data, launched, tmp_path):
     root, vocab = data
-    stage1 = [f"variables.data={root / 'cells'}", "max_seq_len=64"]
-    launch(*training(root, vocab, "pretrain/tiny-cpu.yaml", tmp_path / "p", 4, *stage1))
-    assert not (tmp_path / "p" / "ep0-ba4-rank1.pt").exists()  # DDP: one full checkpoint, written by rank 0
-    written = timestamp(tmp_path / "p" / "ep0-ba4-rank0.pt")
+    assert not (launched / "p" / "ep0-ba4-rank1.pt").exists()  # DDP: one full checkpoint, written by rank 0
+    written = timestamp(launched / "p" / "ep0-ba4-rank0.pt")
     assert (int(written["batch"]), int(written["sample"])) == (4, 32)  # 4 global batches of 8
-    # the same run, resumed by one process (this one), continues the count where two processes left it
-    _, recipe, *overrides = training(root, vocab, "pretrain/tiny-cpu.yaml", tmp_path / "p", 6, *stage1)
+    # stage 2 with two processes from the stage-1 checkpoint
+    written = timestamp(launched / "t" / "ep0-ba2-rank0.pt")
+    assert (int(written["batch"]), int(written["sample"])) == (2, 16)
+    # the stage-1 run, resumed by one process (this one), continues the count where two processes left it
+    shutil.copytree(launched / "p", tmp_path / "p", symlinks=True)
+    recipe, *overrides = training(vocab, "pretrain/tiny-cpu.yaml", tmp_path / "p", 6,
+                                  f"variables.data={root / 'cells'}", "max_seq_len=64")
     train_from_recipe(str(recipe), [str(o) for o in overrides])
     resumed = timestamp(tmp_path / "p" / "ep0-ba6-rank0.pt")
     assert (int(resumed["batch"]), int(resumed["sample"])) == (6, 48)
-    # stage 2 with two processes from the stage-1 checkpoint
-    launch(*training(root, vocab, "temporal/tiny-cpu.yaml", tmp_path / "t", 2, f"variables.data={root / 'paragraphs'}",
-                     f"variables.pretrained={tmp_path / 'p' / 'ep0-ba6-rank0.pt'}", "max_seq_len=256",
-                     "model.rope_scaling.original_max_position_embeddings=64"))
-    written = timestamp(tmp_path / "t" / "ep0-ba2-rank0.pt")
-    assert (int(written["batch"]), int(written["sample"])) == (2, 16)
