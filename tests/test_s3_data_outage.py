@@ -31,9 +31,9 @@ pytestmark = pytest.mark.s3
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """40 donors of 120 cells, one .h5ad file each, with their vocabulary and medians."""
+    """12 donors of 120 cells, one .h5ad file each (training reads 10), with their vocabulary and medians."""
     root = tmp_path_factory.mktemp("data_outage")
-    for argv in (["data", "simulate", "--out", root / "sim.h5ad", "--donors", 40, "--ages-per-donor", 6,
+    for argv in (["data", "simulate", "--out", root / "sim.h5ad", "--donors", 12, "--ages-per-donor", 6,
                   "--cells-per-sample", 20, "--genes", 500, "--seed", 3],
                  ["data", "medians", root / "sim.h5ad", "--out", root / "medians.json"],
                  ["data", "vocab", "--medians", root / "medians.json", "--out", root / "vocab.json"]):
