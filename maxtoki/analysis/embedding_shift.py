@@ -30,8 +30,8 @@ class CellPrefix:
 
 
 def first_difference(cell: np.ndarray, variant: np.ndarray) -> int:
-    """The first position at which ``variant`` differs from ``cell`` (at least 1: a variant shares <bos> at
-    most; at most one less than its length, so that it always computes a position)."""
+    """The first position at which ``variant`` differs from ``cell``: at least 1 (every variant starts with the
+    cell's <bos>), at most one less than the variant's length (so that each variant computes a position)."""
     length = min(len(cell), len(variant))
     unequal = np.flatnonzero(np.asarray(cell[:length]) != np.asarray(variant[:length]))
     first = int(unequal[0]) if len(unequal) else length
