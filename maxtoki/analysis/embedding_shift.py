@@ -77,9 +77,9 @@ class EmbeddingReader:
 
         with torch.no_grad():
             ids = torch.as_tensor(np.asarray(cell, dtype=np.int64), device=self.device)[None]
-            output = self.model.model(input_ids=ids, use_cache=True, output_hidden_states=True)
+            output = self.model.model(input_ids=ids, use_cache=True, output_hidden_states=not self._last_layer)
             layers = output.past_key_values.to_legacy_cache()
-            return CellPrefix(np.array(cell, dtype=np.int64), output.hidden_states[self.layer][0], layers)
+            return CellPrefix(np.array(cell, dtype=np.int64), self._layer_of(output)[0], layers)
 
     def pooled_variants(self, prefix: CellPrefix, variants: list[np.ndarray],
                         left_out: list[tuple[int, ...]]) -> np.ndarray:
@@ -136,10 +136,10 @@ class EmbeddingReader:
         cache = DynamicCache.from_legacy_cache(tuple(
             (k[:, :, :shared].expand(len(rows), -1, -1, -1), v[:, :, :shared].expand(len(rows), -1, -1, -1))
             for k, v in prefix.layers))
-        states = self.model.model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions,
-                                  past_key_values=cache, output_hidden_states=True,
-                                  cache_position=torch.arange(shared, shared + width, device=self.device),
-                                  ).hidden_states[self.layer]
+        states = self._layer_of(self.model.model(
+            input_ids=ids, attention_mask=mask[:, None], position_ids=positions, past_key_values=cache,
+            output_hidden_states=not self._last_layer,
+            cache_position=torch.arange(shared, shared + width, device=self.device)))
         excluded = self._excluded(left_out)[owner.clamp(min=0)]  # each token's variant's perturbed genes
         keep = (owner >= 0) & self.is_gene[ids] & ~(ids[:, :, None] == excluded).any(-1)
         sums.index_add_(0, owner[keep], states[keep].float())
@@ -174,6 +174,14 @@ class EmbeddingReader:
         for i, genes in enumerate(left_out):
             table[i, :len(genes)] = torch.as_tensor(genes, dtype=torch.long)
         return table.to(self.device)
+
+    @property
+    def _last_layer(self) -> bool:
+        return self.layer in (-1, self.model.config.num_hidden_layers)
+
+    def _layer_of(self, output):
+        """The reader's layer of a forward pass's output (the last without keeping the others)."""
+        return output.last_hidden_state if self._last_layer else output.hidden_states[self.layer]
 
     def _padded(self, batch):
         """Right padding (a causal model's real tokens never see it)."""
