@@ -194,13 +194,14 @@ def test_variants_run_from_where_they_differ_equal_each_variant_alone(world, lay
     genes = np.asarray(vocab.gene_ids[:40])
     cell = np.array([vocab.bos_id, *genes, vocab.eos_id])
     items = [(int(genes[i]),) for i in (0, 7, 20, 39)] + [(int(genes[3]), int(genes[30])), (int(vocab.gene_ids[50]),)]
+    items.append((int(genes[0]), int(genes[30])))  # shifted up, the top gene stays before the first change
     variants, left_out = [], []
     for mode in (Mode("delete"), Mode("inhibit"), Mode("overexpress"), Mode("shift", 3), Mode("shift", -5)):
         for item in items:
             if (variant := apply(cell, np.array(item), mode, 48)) is not None:
                 variants.append(variant)
                 left_out.append(item)
-    assert len(variants) == 22  # the absent gene only overexpressed, the top one not raised, the bottom one not lowered
+    assert len(variants) == 27  # the absent gene only overexpressed, the top one not raised, the bottom one not lowered
     reader = EmbeddingReader(model, vocab, layer=layer, batch_size=7)
     shared = reader.pooled_variants(reader.prefix(cell), variants, left_out)
     alone = np.stack([_pooled(model, variant, list(genes), layer) for variant, genes in zip(variants, left_out)])

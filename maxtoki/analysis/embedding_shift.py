@@ -156,7 +156,7 @@ class EmbeddingReader:
         before = torch.as_tensor(diverge, device=self.device)
         sums += total[before]
         counts += number[before]
-        # a perturbed gene before that position (none of the modes moves one there, but a cell is a cell)
+        # a perturbed gene that stayed before that position: in a combination, the top gene shifted up with another
         position = {int(g): p for p, g in enumerate(prefix.cell)}
         for i, genes in enumerate(left_out):
             for g in genes:
