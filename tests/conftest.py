@@ -104,6 +104,21 @@ def hsmm_reference(tmp_path_factory, hsmm_path):
 
 
 @pytest.fixture(scope="session")
+def hsmm_compact(tmp_path_factory, hsmm_path, hsmm_reference):
+    """The HSMM medians with a vocabulary of only the genes among some cell's 62 top-ranked ones (the
+    pipeline's second encoding does the same): 64-token cells encode exactly as with the whole vocabulary,
+    while the output layer and every checkpoint shrink about tenfold (time tokens up to ±100: HSMM's Δ
+    reach 72 h). For tests whose subject is not the vocabulary (S3 runs, several processes)."""
+    from maxtoki.pipeline import genes_in_cells
+
+    vocab, medians = hsmm_reference
+    root = tmp_path_factory.mktemp("hsmm_compact")
+    tokenize_hsmm(hsmm_path, vocab, medians, root / "cells", 64)
+    Vocabulary.build(genes_in_cells(root / "cells"), max_time=100).save(root / "vocab.json")
+    return root / "vocab.json", medians
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) in its own process on 127.0.0.1, with a bucket."""
     process, port = start_moto()

@@ -50,8 +50,8 @@ def training(vocab, recipe, save_folder, batches, *extra):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, hsmm_path, hsmm_reference):
-    vocab, medians = hsmm_reference
+def data(tmp_path_factory, hsmm_path, hsmm_compact):
+    vocab, medians = hsmm_compact
     root = tmp_path_factory.mktemp("multiprocess")
     tokenize_hsmm(hsmm_path, vocab, medians, root / "cells", 64)
     cli("data", "paragraphs", root / "cells", "--out", root / "paragraphs", "--num-examples", 96, "--max-seq-len", 256)

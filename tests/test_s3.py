@@ -110,6 +110,32 @@ def test_unreachable_server_fails_fast(capsys, tiny_files, monkeypatch):
     assert len(attempts) == 4  # the first and 3 retries
 
 
+def test_one_s3_client_per_process_and_settings(monkeypatch):
+    """Made once and shared (a new client reads botocore's service descriptions again); another endpoint,
+    other credentials or another process get a client of their own."""
+    import multiprocessing
+
+    monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    first = storage.s3_client()
+    assert storage.s3_client() is first and first.meta.endpoint_url == "http://127.0.0.1:1"
+    monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:2")
+    second = storage.s3_client()
+    assert second is not first and second.meta.endpoint_url == "http://127.0.0.1:2"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "other")
+    assert storage.s3_client() is not second
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    assert storage.s3_client() is second
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # a forked child never uses its parent's connections
+        assert pool.apply(_made_in_this_process)
+
+
+def _made_in_this_process() -> bool:
+    inherited = [id(client) for client in storage._clients.values()]
+    return bool(inherited) and id(storage.s3_client()) not in inherited
+
+
 def test_paragraphs_from_s3_cells_to_s3(tmp_path, s3_server, hsmm_path, hsmm_reference):
     from maxtoki.data.paragraphs.cell_store import CellStore
 

@@ -34,8 +34,8 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def cells(tmp_path_factory, hsmm_path, hsmm_reference):
-    vocab, medians = hsmm_reference
+def cells(tmp_path_factory, hsmm_path, hsmm_compact):
+    vocab, medians = hsmm_compact
     out = tmp_path_factory.mktemp("outage") / "cells"
     tokenize_hsmm(hsmm_path, vocab, medians, str(out), 64)
     return out, vocab

@@ -41,8 +41,8 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def s3_data(s3_server, hsmm_path, hsmm_reference):
-    vocab, medians = hsmm_reference
+def s3_data(s3_server, hsmm_path, hsmm_compact):
+    vocab, medians = hsmm_compact
     tokenize_hsmm(hsmm_path, vocab, medians, f"{BUCKET}/cells", 64)
     cli("data", "paragraphs", f"{BUCKET}/cells", "--out", f"{BUCKET}/paragraphs", "--num-examples", 64,
         "--max-seq-len", 256)
