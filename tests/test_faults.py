@@ -48,7 +48,8 @@ def kill_while_writing(argv, out: Path, part: str) -> None:
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    cli("data", "simulate", "--out", root / "sim.h5ad", "--donors", 40, "--ages-per-donor", 6,
+    # 4,800 cells: ten parts of --chunk-size 512, so that a kill after the first lands mid-run
+    cli("data", "simulate", "--out", root / "sim.h5ad", "--donors", 10, "--ages-per-donor", 6,
         "--cells-per-sample", 80, "--genes", 2000, "--seed", 3)
     cli("data", "medians", root / "sim.h5ad", "--out", root / "m.json")
     # time tokens that fit the ages (Δ up to 72 at --time-scale 0.1), so paragraphs print no notice about them
