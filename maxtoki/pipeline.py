@@ -431,6 +431,12 @@ def train_and_evaluate(out: Path, options: PipelineOptions, splits: tuple[str, s
     return metrics
 
 
+def _calibration_source(calibrated: dict) -> str:
+    held = f"{calibrated['prompts']} other held-out prompts" if calibrated["prompts"] else ""
+    also = calibrated.get("also_from", "")
+    return " and ".join(part for part in (held, also) if part)
+
+
 SCORE_ROWS = [("model (expected value)", "model"), ("model (most likely token)", "model_argmax"),
               ("baseline: training-mean Δ", "baseline_training_mean"),
               ("baseline: most common time of kind", "baseline_most_common_time"),
@@ -479,7 +485,7 @@ def scores_table(metrics: dict, unit: str = "") -> str:
         lines[-1] += "."
     lines.append(f"Its {metrics['interval_nominal']:.0%} intervals hold the true time for "
                  f"{metrics['interval_coverage']:.0%} of the prompts (mean width {metrics['interval_mean_width']:.1f})"
-                 + (f"; calibrated on {metrics['calibrated']['prompts']} other held-out prompts: "
+                 + (f"; calibrated on {_calibration_source(metrics['calibrated'])}: "
                     f"{metrics['calibrated']['coverage']:.0%} (mean width {metrics['calibrated']['mean_width']:.1f})"
                     if "calibrated" in metrics else "") + ".")
     if "per_donor" in metrics:

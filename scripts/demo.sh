@@ -40,5 +40,6 @@ per-cell time classifier on the same encoded cells, fitted on the training cells
 cells of a prompt: how much time the cells carry for a linear read-out, and how close the model
 comes to it. The model's gene embeddings start from the cells' principal axes (expression of every
 cell, no times); stage 2 sees only the training cells' times. Each prediction's 80% interval
-is calibrated on the validation cells, so that it holds the true time about 80% of the time.
+is calibrated on the validation cells and on the held-out prompts that share none of its cells, so that
+it holds the true time about 80% of the time.
 MSG

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from maxtoki.inference.timelapse_readout import TimelapseReadout, conformal_level, coverage
+from maxtoki.inference.timelapse_readout import TimelapseReadout, conformal_level, coverage, leave_out_levels
 from maxtoki.vocab import Vocabulary
 
 
@@ -67,6 +67,41 @@ def test_calibrating_the_share_reaches_the_nominal_coverage(spread):
 
 def test_too_few_calibration_prompts_give_no_finite_share():
     assert conformal_level(np.zeros(3), 0.8) == np.inf
+
+
+def test_a_scored_prompt_is_calibrated_on_none_of_its_own_cells():
+    """Each prompt's share: the conformal level of the calibration prompts and of the scored prompts with a known
+    truth that share no cell with it; what a prompt or those sharing its cells needed never moves its own share."""
+    rng = np.random.default_rng(0)
+    cells = [set(rng.choice(30, 2, replace=False).tolist()) for _ in range(60)]
+    needed = rng.uniform(0, 1, 60)
+    needed[[3, 7]] = np.nan  # truth unknown: in no pool
+    calibration = rng.uniform(0, 1, 20)
+    levels = leave_out_levels(needed, cells, 0.8, calibration)
+    for prompt in (0, 3, 41):
+        apart = [i for i in range(60) if not cells[i] & cells[prompt] and not np.isnan(needed[i])]
+        assert levels[prompt] == conformal_level(np.concatenate([calibration, needed[apart]]), 0.8)
+        moved = needed.copy()
+        moved[[i for i in range(60) if cells[i] & cells[prompt]]] = 1.0  # its own and its cells' prompts
+        assert leave_out_levels(moved, cells, 0.8, calibration)[prompt] == levels[prompt]
+    # by donor: one unit per prompt
+    donors = [{i % 4} for i in range(60)]
+    by_donor = leave_out_levels(needed, donors, 0.8, calibration[:0])
+    assert by_donor[1] == conformal_level(needed[[i for i in range(60) if i % 4 != 1 and i not in (3, 7)]], 0.8)
+
+
+def test_kept_distributions_give_each_row_the_interval_of_its_own_share():
+    vocab = Vocabulary.build(["G1"], max_time=3)  # time tokens -3..2
+    logits = torch.full((2, len(vocab)), -1e9)
+    logits[:, vocab.numeric_ids] = torch.log(torch.tensor([[0.05, 0.1, 0.2, 0.3, 0.2, 0.15],
+                                                           [0.0, 0.0, 0.5, 0.5, 0.0, 0.0]]).clamp(min=1e-30))
+    readout = TimelapseReadout(vocab)
+    kept = readout.read(logits, keep=True)
+    low, high = readout.central(kept.cumulative, np.array([0.5, 0.2]))
+    for row, share in enumerate((0.5, 0.2)):
+        alone = TimelapseReadout(vocab, calibrated=share).read(logits[row:row + 1])
+        assert (low[row], high[row]) == (alone.calibrated_low[0], alone.calibrated_high[0])
+    assert (low[0], high[0]) == (-1, 1) and readout.read(logits).cumulative is None
 
 
 def test_calibrated_shares_of_zero_and_one_give_one_token_and_the_whole_range():

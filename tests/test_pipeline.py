@@ -86,7 +86,8 @@ def test_pipeline_learns_time_on_the_bundled_time_course(tmp_path, capsys, hsmm_
     calibrated = metrics["calibrated"]
     assert calibrated["from"] == str(out / "eval" / "validation") and calibrated["prompts"] >= 50
     assert calibrated["coverage"] >= 0.7  # the raw intervals hold the truth for about half the prompts
-    assert f"calibrated on {calibrated['prompts']} other held-out prompts: {calibrated['coverage']:.0%}" in printed
+    assert (f"calibrated on {calibrated['prompts']} other held-out prompts and the scored prompts of other cells: "
+            f"{calibrated['coverage']:.0%}") in printed
     splits = json.loads((out / "paragraphs" / "splits.json").read_text())
     assert splits["validation_fraction"] == 0.1 and splits["holdout_fraction"] == 0.2
     # the prompts, built apart from the training paragraphs, score and calibrate on cells it never trained on

@@ -369,7 +369,8 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     inside = (true >= table["interval_low"]) & (true <= table["interval_high"])
     assert metrics["interval_nominal"] == 0.8 and metrics["interval_coverage"] == pytest.approx(inside.mean())
     # calibrated on these same prompts (a mechanical check): the share each prompt needed to hold its truth,
-    # 1 - 2 min(P(T <= y), P(T >= y)); the intervals are redrawn at the ceil(0.8 (n + 1))-th smallest
+    # 1 - 2 min(P(T <= y), P(T >= y)); the share for new prompts is the ceil(0.8 (n + 1))-th smallest, and each
+    # prompt's interval is redrawn at that of the prompts that share none of its cells (one culture: cells)
     with torch.no_grad():
         distributions = [torch.softmax(model(input_ids=torch.as_tensor(e["prompt_ids"].astype(np.int64))[None])
                                        .logits[0, -1, vocab.numeric_ids].double(), dim=-1).numpy()[order]
@@ -378,12 +379,19 @@ def test_predict_time_matches_the_training_metric(tmp_path, hsmm_data, stage2):
     for probabilities, truth in zip(distributions, true):
         at = int(np.flatnonzero(values[order] == truth)[0])
         needed.append(1 - 2 * min(probabilities[:at + 1].sum(), probabilities[at:].sum()))
-    share = np.sort(needed)[int(np.ceil((len(true) + 1) * 0.8)) - 1]
-    assert metrics["calibrated"]["share"] == pytest.approx(share, abs=1e-6)
+    def level(shares):
+        return np.sort(shares)[int(np.ceil((len(shares) + 1) * 0.8)) - 1]
+
+    needed = np.array(needed)
+    assert metrics["calibrated"]["share"] == pytest.approx(level(needed), abs=1e-6)
+    calibrated = metrics["calibrated"]
+    assert calibrated["prompts"] == 0 and calibrated["also_from"] == "the scored prompts of other cells"
+    apart = [not set(e["cell_indices"].tolist()) & set(examples[0]["cell_indices"].tolist()) for e in examples]
+    assert 5 < sum(apart) < len(examples)
     first = np.cumsum(distributions[0])
-    tail = (1 - metrics["calibrated"]["share"]) / 2
+    tail = (1 - level(needed[apart])) / 2
     assert table["calibrated_low"][0] == values[order][np.argmax(first >= tail - 1e-9)]
-    assert metrics["calibrated"]["coverage"] >= 0.8
+    assert table["calibrated_high"][0] == values[order][np.argmax(first >= 1 - tail + 1e-9)]
     assert set(metrics["model"]) == {"mae", "median_absolute_error", "rmse", "pearson_r"}
     spread = table["predicted_timelapse"].std(ddof=0)
     assert metrics["prediction_std"] == pytest.approx(spread)

@@ -19,7 +19,8 @@ def add_commands(commands) -> None:
                                    "model's distribution over times (default 0.8)")
     predict_time.add_argument("--calibration-data", metavar="DIR",
                               help="evaluation paragraphs of other held-out cells (e.g. a validation split): the "
-                                   "intervals are calibrated on them to hold the truth P of the time")
+                                   "intervals are calibrated on them, and on the scored prompts that share no "
+                                   "cell (donor) with each, to hold the truth P of the time")
     predict_time.add_argument("--baseline-columns", nargs="+", default=[], metavar="COL",
                               help="cell columns that make a cell's kind for the naive baseline (the most common "
                                    "time of training cells of the query's kind), e.g. cell_type sex")

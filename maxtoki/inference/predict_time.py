@@ -32,7 +32,9 @@ from maxtoki.inference.timelapse_readout import (
     TimelapseReadout,
     conformal_level,
     coverage,
+    leave_out_levels,
 )
+from maxtoki.storage import is_remote
 from maxtoki.vocab import Vocabulary
 
 
@@ -51,9 +53,10 @@ def evaluation_prompts(data: str, task: int) -> tuple[list[dict], Vocabulary]:
 
 
 def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8, device: str = "cpu",
-            interval: float = DEFAULT_INTERVAL, calibrated: float | None = None) -> Readout:
+            interval: float = DEFAULT_INTERVAL, calibrated: float | None = None, keep: bool = False) -> Readout:
     """Expected and arg-max timelapse of every example and its interval (arrays, time units); with known
-    timelapses, the share each needed, and with a ``calibrated`` share, the interval of that share too."""
+    timelapses, the share each needed, and with a ``calibrated`` share, the interval of that share too;
+    ``keep`` keeps each distribution (``Readout.cumulative``)."""
     import torch
 
     limit = model.config.max_position_embeddings
@@ -81,7 +84,7 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
                            logits_to_keep=kept.to(device)).logits
             true = np.array([float(e["timelapse"]) for e in batch]) if all("timelapse" in e for e in batch) \
                 else None
-            parts.append(readout.read(logits[torch.arange(len(batch)), row_of.to(device)], true))
+            parts.append(readout.read(logits[torch.arange(len(batch)), row_of.to(device)], true, keep))
     return Readout.concatenate(parts)
 
 
@@ -128,16 +131,15 @@ def predict_time(model, data: str, out: str | Path, train_data: str | None = Non
     examples, vocab = evaluation_prompts(data, TIME_BETWEEN_CELLS)
     model = model_for(model, vocab)
     untrained = untrained_time_warning(model, allow_untrained_time)
-    level, calibration_prompts, calibration_error = None, 0, None
+    calibration, calibration_error = None, None
     if calibration_data:
         try:
-            level, calibration_prompts = _calibrated_level(model, calibration_data, vocab, batch_size, device,
-                                                           interval)
+            calibration = _calibration_needed(model, calibration_data, vocab, batch_size, device, interval)
         except MaxtokiError as error:
             if calibration_failure != "warn":
                 raise
             calibration_data, calibration_error = None, f"intervals not calibrated: {error}"
-    readout = predict(model, examples, vocab, batch_size, device, interval, level)
+    readout = predict(model, examples, vocab, batch_size, device, interval, keep=calibration is not None)
     expected, argmax = readout.expected, readout.argmax
     training_paragraphs = list(CellStore(train_data)) if train_data else None  # both tasks: all their cells
     training = [e for e in training_paragraphs if int(e["task"]) == TIME_BETWEEN_CELLS] if train_data else None
@@ -159,12 +161,20 @@ def predict_time(model, data: str, out: str | Path, train_data: str | None = Non
     intervals = {"interval_nominal": interval, "interval_coverage": coverage(readout.low, readout.high, true),
                  "interval_mean_width": float(np.mean(readout.high - readout.low))}
     shown = (readout.low, readout.high)
-    if calibration_data:
-        shown = (readout.calibrated_low, readout.calibrated_high)
+    if calibration is not None:
+        if same_location(calibration_data, data):
+            calibration = calibration[:0]  # the scored prompts themselves: they calibrate each other, once
+        units, apart = calibration_units(examples)
+        shares = leave_out_levels(readout.needed, units, interval, calibration)
+        shown = TimelapseReadout(vocab, "cpu", interval).central(readout.cumulative, shares)
         table["calibrated_low"], table["calibrated_high"] = shown
-        intervals["calibrated"] = {"from": calibration_data, "prompts": calibration_prompts, "share": level,
-                                   "coverage": coverage(*shown, true),
-                                   "mean_width": float(np.mean(shown[1] - shown[0]))}
+        known = readout.needed[~np.isnan(readout.needed)]
+        intervals["calibrated"] = {
+            "from": calibration_data, "prompts": len(calibration), "also_from": f"the scored prompts of other {apart}",
+            # the share for new prompts: every prompt with a known truth
+            "share": conformal_level(np.concatenate([calibration, known]), interval),
+            "scored_shares": [float(shares.min()), float(shares.max())],
+            "coverage": coverage(*shown, true), "mean_width": float(np.mean(shown[1] - shown[0]))}
     predictors = {"model": "predicted_timelapse", **{key: f"{column}_timelapse" for key, column in BASELINES.items()}}
     metrics = {
         "examples": len(table),
@@ -238,18 +248,33 @@ class CellColumns:
         return self._read[location]
 
 
-def _calibrated_level(model, calibration_data: str, vocab: Vocabulary, batch_size: int, device: str,
-                      interval: float) -> tuple[float, int]:
-    """The central share of the model's distributions that holds the truth for ``interval`` of other held-out
-    prompts (split conformal), and how many prompts measured it."""
+def _calibration_needed(model, calibration_data: str, vocab: Vocabulary, batch_size: int, device: str,
+                        interval: float) -> np.ndarray:
+    """The central share of the model's distribution that each prompt of ``calibration_data`` needed to hold
+    its truth; refused where they are too few to calibrate on alone."""
     calibration, _ = evaluation_prompts(calibration_data, TIME_BETWEEN_CELLS)
-    level = conformal_level(predict(model, calibration, vocab, batch_size, device, interval).needed, interval)
-    if not np.isfinite(level):
+    needed = predict(model, calibration, vocab, batch_size, device, interval).needed
+    if not np.isfinite(conformal_level(needed, interval)):
         raise MaxtokiError(f"{calibration_data}: {len(calibration)} TimeBetweenCells prompts are too few to "
                            f"calibrate {interval:.0%} intervals (give at least "
                            f"{math.ceil(interval / (1 - interval))}), or their true times lie outside the "
                            "vocabulary's time tokens")
-    return level, len(calibration)
+    return needed
+
+
+def same_location(first: str, second: str) -> bool:
+    if is_remote(first) or is_remote(second):
+        return first.rstrip("/") == second.rstrip("/")
+    return Path(first).resolve() == Path(second).resolve()
+
+
+def calibration_units(examples: list[dict]) -> tuple[list[set], str]:
+    """What a scored prompt must share nothing of with the prompts it is calibrated on: its donor where the
+    prompts come from several (cells of one donor are alike), else its cells."""
+    groups = [str(e["group"]) for e in examples]
+    if len(set(groups)) > 1:
+        return [{group} for group in groups], "donors"
+    return [set(np.asarray(e["cell_indices"]).tolist()) for e in examples], "cells"
 
 
 def _scatter(true: np.ndarray, predicted: np.ndarray, interval: tuple[np.ndarray, np.ndarray], metrics: dict,
