@@ -24,7 +24,7 @@ What was written:
   $OUT/cells/                     MDS shards, one rank-value-encoded cell per sample (maxtoki data inspect)
   $OUT/paragraphs/train|validation|holdout   stage-2 examples; each split uses only its own cells
   $OUT/eval/holdout               TimeBetweenCells prompts made of held-out cells only (scored)
-  $OUT/eval/validation            prompts of another tenth of the cells (the intervals are calibrated on them)
+  $OUT/eval/validation            prompts of another tenth of the cells (the intervals are calibrated on them, too)
   $OUT/runs/temporal              Composer checkpoint (latest-rank0.pt; runs/pretrain with --pretrain-batches N)
   $OUT/predictions/               predictions.csv, metrics.json and predicted_vs_true.png
   $OUT/hf-model/                  LlamaForCausalLM.from_pretrained("$OUT/hf-model") loads it
