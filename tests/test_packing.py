@@ -104,6 +104,38 @@ def test_packed_batches_are_at_least_95_percent_real_tokens_on_pbmc3k(pbmc_cells
     assert packed_cells >= 0.97 * padded_cells
 
 
+def test_a_loader_whose_shared_memory_prefix_another_run_takes_meanwhile_takes_the_next(pbmc_cells, monkeypatch):
+    """Streaming finds a free shared-memory prefix, then creates it: another run starting at the same moment can
+    take it in between (FileExistsError). The loader's dataset is made again and registers under the next one."""
+    from multiprocessing.shared_memory import SharedMemory
+
+    import streaming.base.shared.prefix as prefix
+    from streaming.base.constant import LOCALS
+
+    from maxtoki.data.loaders import build_cells_loader
+
+    find, taken = prefix._check_and_find_retrying, []
+
+    def find_and_lose_the_race(streams_local, streams_remote, shm_name, retry):
+        found = find(streams_local, streams_remote, shm_name=shm_name, retry=retry)
+        if not taken:  # the other run registers its own data under the prefix just found
+            other = prefix._pack_locals(["/another/run"], found)
+            taken.append((found, SharedMemory(prefix._get_path(found, LOCALS), create=True, size=len(other))))
+            taken[0][1].buf[:len(other)] = other
+        return found
+
+    monkeypatch.setattr(prefix, "_check_and_find_retrying", find_and_lose_the_race)
+    try:
+        dataset = {"remote": str(pbmc_cells / "cells"), "vocab": str(pbmc_cells / "vocab.json"), "max_seq_len": 4096}
+        loader = build_cells_loader(dataset=dataset, device_batch_size=8).dataloader
+        assert taken and loader.dataset._shm_prefix_int != taken[0][0]
+        assert next(iter(loader))["input_ids"].shape[0] == 8
+    finally:
+        for _, memory in taken:
+            memory.close()
+            memory.unlink()
+
+
 def test_packing_ratio_is_checked(pbmc_cells):
     from maxtoki.data.loaders import build_cells_loader
     from maxtoki.errors import MaxtokiError

@@ -114,9 +114,34 @@ def _streaming_dataset(location: str, manifest: dict, keys: tuple[str, ...], max
             return out
 
     if storage.is_remote(location):
-        return _Dataset(remote=location, local=kwargs.pop("local", None) or _process_cache(location, manifest),
-                        **kwargs)
-    return _Dataset(local=location, **kwargs)
+        kwargs = {"remote": location, "local": kwargs.pop("local", None) or _process_cache(location, manifest),
+                  **kwargs}
+    else:
+        kwargs = {"local": location, **kwargs}
+    return registered(lambda: _Dataset(**kwargs))
+
+
+PREFIX_ATTEMPTS = 5
+
+
+def registered(make):
+    """``make()`` again where another run on this machine took the same shared-memory prefix at the same moment.
+
+    Streaming names each dataset's shared memory by the first free prefix, looked up and then created in two
+    steps: two trainings starting together can both find the same one, and the second's create fails with
+    FileExistsError. Made again, it finds the next one. Only within one process: the ranks of a distributed
+    run agree on their prefix through barriers that a retry on one rank would put out of step."""
+    import random
+    import time
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    for attempt in itertools.count(1):
+        try:
+            return make()
+        except FileExistsError:
+            if distributed or attempt == PREFIX_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.05, 0.25))
 
 
 class PadCollator:
