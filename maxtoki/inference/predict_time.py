@@ -165,7 +165,8 @@ def predict_time(model, data: str, out: str | Path, train_data: str | None = Non
         if same_location(calibration_data, data):
             calibration = calibration[:0]  # the scored prompts themselves: they calibrate each other, once
         units, apart = calibration_units(examples)
-        shares = leave_out_levels(readout.needed, units, interval, calibration)
+        # too few prompts apart from one (inf) leave it the whole range
+        shares = np.minimum(leave_out_levels(readout.needed, units, interval, calibration), 1.0)
         shown = TimelapseReadout(vocab, "cpu", interval).central(readout.cumulative, shares)
         table["calibrated_low"], table["calibrated_high"] = shown
         known = readout.needed[~np.isnan(readout.needed)]
