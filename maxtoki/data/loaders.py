@@ -129,12 +129,13 @@ def registered(make):
 
     Streaming names each dataset's shared memory by the first free prefix, looked up and then created in two
     steps: two trainings starting together can both find the same one, and the second's create fails with
-    FileExistsError. Made again, it finds the next one. Only within one process: the ranks of a distributed
+    FileExistsError. Made again, it finds the next one. Only in a run of one process: the ranks of a distributed
     run agree on their prefix through barriers that a retry on one rank would put out of step."""
     import random
     import time
 
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1  # Composer starts a group of one for a single process
     for attempt in itertools.count(1):
         try:
             return make()
