@@ -220,3 +220,50 @@ def test_calibration_data_too_small_to_calibrate_leaves_the_predictions_written_
                            calibration_data=str(few), calibration_failure="warn")
     assert "calibrated" not in metrics and "intervals not calibrated" in metrics["warning"]
     assert (tmp_path / "warn" / "predictions.csv").exists() and metrics["model"]["mae"] == 0.0
+
+
+def _random_model_and_prompts(count: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = Vocabulary.build([f"ENSG{i:011d}" for i in range(1, 9)], max_time=10)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32)).eval()
+    rng = np.random.default_rng(0)
+    genes = vocab.gene_ids
+    prompts = [{"prompt_ids": np.concatenate([[vocab.bos_id], rng.permutation(genes)[:4], [vocab.eos_id, vocab.boq_id,
+                                              vocab.bos_id], rng.permutation(genes)[:3], [vocab.eos_id, vocab.eoq_id]]),
+                "timelapse": int(rng.integers(-6, 7))} for _ in range(count)]
+    return model, prompts, vocab
+
+
+def test_distributions_kept_on_disk_give_the_same_intervals_and_leave_no_file(tmp_path, monkeypatch):
+    import maxtoki.inference.timelapse_readout as readout_module
+    from maxtoki.inference.predict_time import predict
+
+    model, prompts, vocab = _random_model_and_prompts(11)
+    in_memory = predict(model, prompts, vocab, batch_size=4, keep=True)
+    on_disk = predict(model, prompts, vocab, batch_size=4, keep=True, keep_on_disk=tmp_path)
+    assert isinstance(on_disk.cumulative, np.memmap) and not isinstance(in_memory.cumulative, np.memmap)
+    np.testing.assert_array_equal(on_disk.cumulative, in_memory.cumulative)
+    for field in ("expected", "argmax", "low", "high", "needed"):
+        np.testing.assert_array_equal(getattr(on_disk, field), getattr(in_memory, field))
+    assert list(tmp_path.iterdir()) == []  # the file has no name: nothing to clean up, even after a kill
+    shares = np.linspace(0.0, 1.0, len(prompts))
+    whole = TimelapseReadout(vocab).central(in_memory.cumulative, shares)
+    monkeypatch.setattr(readout_module, "CENTRAL_BLOCK", 3)  # read a few rows at a time, as a large file is
+    blocks = TimelapseReadout(vocab).central(on_disk.cumulative, shares)
+    for a, b in zip(whole, blocks):
+        np.testing.assert_array_equal(a, b)
+    assert (whole[0][-1], whole[1][-1]) == (-10, 9)  # a share of 1: the whole range
+
+
+def test_no_room_for_the_kept_distributions_is_one_clear_error_and_leaves_nothing(tmp_path):
+    from maxtoki.errors import MaxtokiError
+    from maxtoki.inference.predict_time import _distribution_file
+
+    kept = _distribution_file(tmp_path, 3, 20)
+    assert kept.shape == (3, 20) and list(tmp_path.iterdir()) == []
+    with pytest.raises(MaxtokiError, match=f"{tmp_path}: no room for the .* GB of distributions .* free some"):
+        _distribution_file(tmp_path, 10 ** 12, 3000)  # 24 PB
+    assert list(tmp_path.iterdir()) == []
