@@ -99,8 +99,9 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
 
 def _distribution_file(folder: str | Path | None, rows: int, times: int) -> np.ndarray | None:
     """A rows x times float64 array backed by a file in ``folder`` that has no name (unlinked at once: nothing is
-    left behind, even by a killed run); None without a folder or without rows. The file takes all its room at
-    once: a disk that fills up under a mapped file kills the process (SIGBUS) instead of raising."""
+    left behind, even by a killed run); None (kept in memory) without a folder, without rows or where files
+    cannot be mapped. The file takes all its room at once: a disk that fills up under a mapped file kills the
+    process (SIGBUS) instead of raising."""
     import errno
     import os
     import tempfile
@@ -114,13 +115,18 @@ def _distribution_file(folder: str | Path | None, rows: int, times: int) -> np.n
     except AttributeError:  # no posix_fallocate (macOS)
         file.truncate(size)
     except OSError as error:
-        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve room
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve room ahead
+            file.truncate(size)
+        else:
             file.close()
             raise MaxtokiError(f"{folder}: no room for the {size / 1e9:.2f} GB of distributions that calibrating the "
                                f"intervals of {rows:,} prompts keeps there ({error.strerror}); free some, or give "
                                "another output directory") from None
-        file.truncate(size)
-    return np.memmap(file, dtype=np.float64, mode="r+", shape=(rows, times))
+    try:
+        return np.memmap(file, dtype=np.float64, mode="r+", shape=(rows, times))
+    except (OSError, ValueError):  # a file system that cannot map files (some bucket mounts): kept in memory
+        file.close()
+        return None
 
 
 def scores(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
