@@ -12,7 +12,6 @@ Where donors exist, also per donor (``donor_scores``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -70,8 +69,15 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
                            f"({limit}); make paragraphs with --max-seq-len {limit}")
     model = model.to(device)
     readout = TimelapseReadout(vocab, device, interval, calibrated)
-    on_disk = _distribution_file(keep_on_disk, len(examples), len(readout.values)) if keep else None
-    parts = []
+    rows, times = len(examples), len(readout.values)
+    # filled in place: results gathered batch by batch in small arrays, between the batches' large temporary ones,
+    # held memory that was never given back (10 KB a prompt; benchmarks/calibration_memory.py)
+    filled = {field: np.full(rows, np.nan) for field in Readout.FIELDS}
+    cumulative = None
+    if keep:
+        cumulative = _distribution_file(keep_on_disk, rows, times)
+        if cumulative is None:  # no folder given, or files cannot be mapped there
+            cumulative = np.empty((rows, times))
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]
@@ -90,11 +96,11 @@ def predict(model, examples: list[dict], vocab: Vocabulary, batch_size: int = 8,
             true = np.array([float(e["timelapse"]) for e in batch]) if all("timelapse" in e for e in batch) \
                 else None
             part = readout.read(logits[torch.arange(len(batch)), row_of.to(device)], true, keep)
-            if on_disk is not None:
-                on_disk[start:start + len(batch)], part.cumulative = part.cumulative, None
-            parts.append(part)
-    kept = Readout.concatenate(parts)
-    return kept if on_disk is None else dataclasses.replace(kept, cumulative=on_disk)
+            for field in Readout.FIELDS:
+                filled[field][start:start + len(batch)] = getattr(part, field)
+            if keep:
+                cumulative[start:start + len(batch)] = part.cumulative
+    return Readout(**filled, cumulative=cumulative)
 
 
 def _distribution_file(folder: str | Path | None, rows: int, times: int) -> np.ndarray | None:

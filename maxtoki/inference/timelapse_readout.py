@@ -45,13 +45,6 @@ class Readout:
 
     FIELDS = ("expected", "argmax", "low", "high", "needed", "calibrated_low", "calibrated_high")
 
-    @classmethod
-    def concatenate(cls, parts: list[Readout]) -> Readout:
-        kept = None if any(part.cumulative is None for part in parts) else \
-            np.concatenate([part.cumulative for part in parts])
-        return cls(*(np.concatenate([getattr(part, field) for part in parts]) for field in cls.FIELDS),
-                   cumulative=kept)
-
 
 class TimelapseReadout:
     def __init__(self, vocab: Vocabulary, device="cpu", nominal: float = DEFAULT_INTERVAL,
